@@ -1,0 +1,27 @@
+//! sluice: a WebSocket-aware reverse proxy daemon.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap types only).
+//! - [`logging`]: text/JSON log output; the `access` target.
+//! - [`config`]: TOML → validated [`config::Config`], every problem reported with its place.
+//! - [`server`]: listeners, the accept loop, connection limits and per-connection serving
+//!   (head timeout → 408, head size → 431).
+//! - [`proxy`]: the request handler as named phases (route, origin check, pick upstream,
+//!   rewrite, forward, relay or upgrade, log) and its pure protocol rules.
+//! - [`tunnel`]: the bidirectional copy after a checked `101`, with idle timeout and counters.
+//! - [`upstream`]: server pools, balancing, passive health, upstream connections.
+//! - [`shutdown`]: stop-accepting signal and tracking of in-flight connections and tunnels.
+//! - [`lifecycle`]: `sluice run`: signals, drain, exit codes.
+//! - [`demo`]: `sluice demo`: two in-process echo backends behind the proxy, with a page.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod lifecycle;
+pub mod logging;
+pub mod proxy;
+pub mod server;
+pub mod shutdown;
+pub mod tunnel;
+pub mod upstream;

@@ -1,0 +1,41 @@
+//! The `sluice` binary: parse the command line, set up logging, call the library, and turn
+//! the result into an exit code. Behaviour lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice::cli::{Cli, Command};
+use sluice::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sluice::logging::init(cli.log_format);
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                print!("{}", cfg.summary());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => exit(sluice::lifecycle::run_from_file(&config)),
+        Command::Demo { listen } => exit(sluice::demo::run(listen)),
+    }
+}
+
+fn exit(result: Result<(), sluice::lifecycle::StartError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err @ sluice::lifecycle::StartError::Config(_)) => {
+            eprintln!("{err}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("sluice: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Every way a request can fail, and the one mapping from failure to response.
+//!
+//! The variants name the SPEC's "Errors" table; [`ProxyError::status`] and
+//! [`status_body`] are the only places a status or an error body is chosen, and the unit
+//! test pins each row.
+
+use http::StatusCode;
+
+use crate::upstream::connect::ConnectError;
+
+/// Why sluice answers a request itself instead of relaying the upstream's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route")]
+    NoRoute,
+    #[error("invalid WebSocket handshake: {0}")]
+    InvalidHandshake(&'static str),
+    #[error("origin not allowed")]
+    OriginNotAllowed,
+    #[error("no server available")]
+    NoServerAvailable,
+    /// Every candidate was tried and none could be reached; the last failure decides 502/504.
+    #[error("every server failed, last: {0}")]
+    AllServersFailed(#[source] ConnectError),
+    #[error("no response head within {0:?}")]
+    ResponseTimeout(std::time::Duration),
+    /// The request was sent, or partly sent, and the exchange broke: never retried.
+    #[error("upstream exchange failed: {0}")]
+    Upstream(#[source] hyper::Error),
+    #[error("upstream answered 101 with a bad {0}")]
+    BadSwitch(&'static str),
+    #[error("upstream answered 101 to a request that was not a handshake")]
+    UnexpectedSwitch,
+    #[error("draining")]
+    Draining,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::InvalidHandshake(_) => StatusCode::BAD_REQUEST,
+            ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::NoServerAvailable
+            | ProxyError::Upstream(_)
+            | ProxyError::BadSwitch(_)
+            | ProxyError::UnexpectedSwitch => StatusCode::BAD_GATEWAY,
+            ProxyError::AllServersFailed(ConnectError::Timeout(_)) | ProxyError::ResponseTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::AllServersFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `reason` label of `sluice_handshake_rejections_total`, for failures that reject a
+    /// WebSocket handshake.
+    pub fn rejection_reason(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::InvalidHandshake(_) => Some("invalid_handshake"),
+            ProxyError::OriginNotAllowed => Some("origin"),
+            ProxyError::BadSwitch(_) => Some("bad_accept"),
+            _ => None,
+        }
+    }
+}
+
+/// The one-line body sluice sends with a status of its own.
+pub fn status_body(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad request\n",
+        403 => "origin not allowed\n",
+        404 => "no route\n",
+        408 => "request timeout\n",
+        431 => "request header fields too large\n",
+        502 => "bad gateway\n",
+        503 => "service unavailable\n",
+        504 => "gateway timeout\n",
+        _ => "error\n",
+    }
+}
+
+/// A complete `Connection: close` response, for answers written straight to a socket
+/// before or instead of HTTP parsing (connection limits, head timeout).
+pub fn raw_close_response(status: StatusCode) -> Vec<u8> {
+    let body = status_body(status);
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        body
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_spec_error_table() {
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let rows: Vec<(ProxyError, u16)> = vec![
+            (ProxyError::OriginNotAllowed, 403),
+            (ProxyError::InvalidHandshake("x"), 400),
+            (ProxyError::NoRoute, 404),
+            (ProxyError::NoServerAvailable, 502),
+            (ProxyError::AllServersFailed(ConnectError::Io(io())), 502),
+            (ProxyError::AllServersFailed(ConnectError::Timeout(Duration::from_secs(1))), 504),
+            (ProxyError::ResponseTimeout(Duration::from_secs(1)), 504),
+            (ProxyError::Draining, 503),
+            (ProxyError::BadSwitch("Sec-WebSocket-Accept"), 502),
+            (ProxyError::UnexpectedSwitch, 502),
+        ];
+        for (err, status) in rows {
+            assert_eq!(err.status().as_u16(), status, "{err}");
+        }
+    }
+
+    #[test]
+    fn raw_responses_are_complete() {
+        let raw = String::from_utf8(raw_close_response(StatusCode::REQUEST_TIMEOUT)).unwrap_or_default();
+        assert_eq!(
+            raw,
+            "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n"
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! Header rewriting towards the upstream and back (RFC 9110 §7.6.1), pure functions.
+//!
+//! Order towards the upstream, as the SPEC lays it down:
+//! 1. headers the client named in `Connection` are removed (so a client cannot make sluice
+//!    drop the headers it sets), then the fixed hop-by-hop set;
+//! 2. `Host` as `host_header` says;
+//! 3. `X-Forwarded-For/Proto/Host`, `X-Real-IP` (and `Forwarded` removed) by trust;
+//! 4. `Upgrade: websocket` + `Connection: upgrade` for a handshake, otherwise
+//!    `Connection: keep-alive` or `close`;
+//! 5. `set_headers` last.
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, FORWARDED, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::HostHeader;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The fixed hop-by-hop headers, removed in both directions.
+fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
+    [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ]
+}
+
+/// Removes every header named in `Connection`, then the fixed hop-by-hop set.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in fixed_hop_by_hop() {
+        headers.remove(name);
+    }
+}
+
+/// What the rewrite needs to know about the request and its destination.
+pub struct Forwarding<'a> {
+    pub peer: IpAddr,
+    /// The peer is in `trusted_proxies`.
+    pub trusted: bool,
+    /// `http` or `https`: how the client reached sluice.
+    pub proto: &'static str,
+    pub host_header: &'a HostHeader,
+    /// The request is a WebSocket handshake allowed on its route.
+    pub websocket: bool,
+    /// Upstream keep-alive is on (`keepalive > 0`).
+    pub keepalive: bool,
+    pub set_headers: &'a [(HeaderName, HeaderValue)],
+}
+
+static WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
+static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+static KEEP_ALIVE_TOKEN: HeaderValue = HeaderValue::from_static("keep-alive");
+static CLOSE: HeaderValue = HeaderValue::from_static("close");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// Rewrites a client request's headers, in place, into the upstream request's headers.
+pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+    remove_hop_by_hop(headers);
+
+    let client_host = headers.get(HOST).cloned();
+    if let HostHeader::Fixed(value) = fwd.host_header {
+        headers.insert(HOST, value.clone());
+    }
+
+    let peer = ip_value(fwd.peer);
+    if fwd.trusted {
+        let xff = join_values(headers, &X_FORWARDED_FOR, &peer);
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), proto_value(fwd.proto));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Some(host) = &client_host {
+                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            }
+        }
+        if !headers.contains_key(&X_REAL_IP) {
+            headers.insert(X_REAL_IP.clone(), peer);
+        }
+    } else {
+        headers.remove(FORWARDED);
+        headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), proto_value(fwd.proto));
+        match &client_host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+        headers.insert(X_REAL_IP.clone(), peer);
+    }
+
+    if fwd.websocket {
+        headers.insert(UPGRADE, WEBSOCKET.clone());
+        headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
+    } else if fwd.keepalive {
+        headers.insert(CONNECTION, KEEP_ALIVE_TOKEN.clone());
+    } else {
+        headers.insert(CONNECTION, CLOSE.clone());
+    }
+
+    for (name, value) in fwd.set_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// Removes hop-by-hop headers from an upstream response. A relayed `101` gets its
+/// `Upgrade: websocket` and `Connection: upgrade` back.
+pub fn rewrite_response(headers: &mut HeaderMap, switching: bool) {
+    remove_hop_by_hop(headers);
+    if switching {
+        headers.insert(UPGRADE, WEBSOCKET.clone());
+        headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
+    }
+}
+
+/// Sets `Host` for the chosen server where it depends on it: always with
+/// `host_header = "upstream"`, and with `"preserve"` when the client sent none (HTTP/1.0),
+/// since an HTTP/1.1 request needs one.
+pub fn set_upstream_host(headers: &mut HeaderMap, host_header: &HostHeader, authority: &HeaderValue) {
+    match host_header {
+        HostHeader::Upstream => {
+            headers.insert(HOST, authority.clone());
+        }
+        HostHeader::Preserve if !headers.contains_key(HOST) => {
+            headers.insert(HOST, authority.clone());
+        }
+        _ => {}
+    }
+}
+
+fn proto_value(proto: &'static str) -> HeaderValue {
+    if proto == "https" {
+        HTTPS.clone()
+    } else {
+        HTTP.clone()
+    }
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    // An IP address's text is always a valid header value.
+    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// All lines of `name` joined with `, `, then `last` appended.
+fn join_values(headers: &HeaderMap, name: &HeaderName, last: &HeaderValue) -> HeaderValue {
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(name) {
+        let value = value.as_bytes().trim_ascii();
+        if value.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(value);
+    }
+    if !joined.is_empty() {
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(last.as_bytes());
+    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| last.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd<'a>(trusted: bool, host_header: &'a HostHeader, _authority: &'a HeaderValue) -> Forwarding<'a> {
+        Forwarding {
+            peer: "10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            trusted,
+            proto: "http",
+            host_header,
+            websocket: false,
+            keepalive: true,
+            set_headers: &[],
+        }
+    }
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn connection_named_headers_and_hop_by_hop_are_removed() {
+        let mut h = map(&[
+            ("host", "a.example"),
+            ("connection", "x-secret, keep-alive"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x"),
+            ("x-end-to-end", "kept"),
+        ]);
+        let auth = HeaderValue::from_static("127.0.0.1:1");
+        rewrite_request(&mut h, &fwd(false, &HostHeader::Preserve, &auth));
+        for gone in ["x-secret", "keep-alive", "te", "transfer-encoding", "upgrade", "proxy-connection", "trailer"] {
+            assert!(!h.contains_key(gone), "{gone} should be gone");
+        }
+        assert_eq!(h["connection"], "keep-alive");
+        assert_eq!(h["x-end-to-end"], "kept");
+        assert_eq!(h["host"], "a.example");
+    }
+
+    #[test]
+    fn a_client_cannot_remove_forwarding_headers() {
+        let mut h = map(&[("host", "a"), ("connection", "x-forwarded-for, x-real-ip")]);
+        let auth = HeaderValue::from_static("127.0.0.1:1");
+        rewrite_request(&mut h, &fwd(false, &HostHeader::Preserve, &auth));
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-real-ip"], "10.1.2.3");
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let mut h = map(&[
+            ("host", "a.example"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let auth = HeaderValue::from_static("127.0.0.1:1");
+        rewrite_request(&mut h, &fwd(false, &HostHeader::Preserve, &auth));
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        assert_eq!(h["x-real-ip"], "10.1.2.3");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn trusted_forwarding_headers_are_extended() {
+        let mut h = map(&[
+            ("host", "a.example"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "orig.example"),
+        ]);
+        let auth = HeaderValue::from_static("127.0.0.1:1");
+        rewrite_request(&mut h, &fwd(true, &HostHeader::Preserve, &auth));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "orig.example");
+    }
+
+    #[test]
+    fn host_header_modes() {
+        let auth = HeaderValue::from_static("backend.internal:3000");
+        let mut h = map(&[("host", "a.example")]);
+        rewrite_request(&mut h, &fwd(false, &HostHeader::Upstream, &auth));
+        set_upstream_host(&mut h, &HostHeader::Upstream, &auth);
+        assert_eq!(h["host"], "backend.internal:3000");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        let mut h = HeaderMap::new();
+        set_upstream_host(&mut h, &HostHeader::Preserve, &auth);
+        assert_eq!(h["host"], "backend.internal:3000");
+        let fixed = HostHeader::Fixed(HeaderValue::from_static("fixed.example"));
+        let mut h = map(&[("host", "a.example")]);
+        rewrite_request(&mut h, &fwd(false, &fixed, &auth));
+        assert_eq!(h["host"], "fixed.example");
+    }
+
+    #[test]
+    fn websocket_and_close_and_set_headers() {
+        let auth = HeaderValue::from_static("127.0.0.1:1");
+        let preserve = HostHeader::Preserve;
+        let set = [(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"))];
+        let mut f = fwd(false, &preserve, &auth);
+        f.websocket = true;
+        f.set_headers = &set;
+        let mut h = map(&[("host", "a"), ("upgrade", "websocket"), ("connection", "Upgrade")]);
+        rewrite_request(&mut h, &f);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        let mut f = fwd(false, &preserve, &auth);
+        f.keepalive = false;
+        let mut h = map(&[("host", "a")]);
+        rewrite_request(&mut h, &f);
+        assert_eq!(h["connection"], "close");
+    }
+}

@@ -1,0 +1,312 @@
+//! The request handler, as named phases:
+//! route → handshake and origin check → pick a server and connect → rewrite → send →
+//! relay the answer, or check the `101` and hand both sides to a tunnel → log.
+//!
+//! The pure rules live in the submodules ([`route`], [`headers`], [`websocket`],
+//! [`error`]); this file only sequences them and does the I/O.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod route;
+pub mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+
+use crate::config::Config;
+use crate::server::head::HeadClock;
+use crate::server::limits::ConnPermit;
+use crate::shutdown::Shutdown;
+use crate::upstream::connect::{self, ConnectError, Sender};
+use crate::upstream::{Pool, PoolError, Server};
+use body::{Access, RequestBody, ResponseBody};
+use error::{status_body, ProxyError};
+use route::{Route, Router};
+use websocket::{BadSwitch, Upgrade};
+
+/// Everything the request path reads, built from one config and swapped whole on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    pub router: Router,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Runtime {
+    /// Builds pools (resolving hostnames) and the route table.
+    ///
+    /// # Errors
+    /// An upstream hostname does not resolve.
+    pub async fn build(config: &Config) -> Result<Runtime, PoolError> {
+        let mut pools = std::collections::BTreeMap::new();
+        for (name, upstream) in &config.upstreams {
+            pools.insert(name.clone(), Arc::new(Pool::build(upstream).await?));
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            // Validation guarantees the name exists; a missing one is skipped, not a panic.
+            let Some(pool) = pools.get(&route.upstream) else {
+                continue;
+            };
+            routes.push(Route {
+                label: Arc::from(route.label().as_str()),
+                config: route.clone(),
+                pool: Arc::clone(pool),
+            });
+        }
+        Ok(Runtime {
+            router: Router::new(routes),
+            trusted_proxies: config.proxy.trusted_proxies.clone(),
+        })
+    }
+}
+
+/// What a connection's requests share: who the client is, and the server's state.
+pub struct ConnContext {
+    pub peer: SocketAddr,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+    pub clock: HeadClock,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub shutdown: Shutdown,
+    /// The connection's place under the connection limits; a tunnel keeps a share of it,
+    /// so a connection that became a tunnel still counts.
+    pub permit: Arc<ConnPermit>,
+}
+
+/// Serves one request. Never fails: every failure becomes a response.
+pub async fn handle(req: Request<Incoming>, conn: Arc<ConnContext>) -> Response<ResponseBody> {
+    conn.clock.request_started();
+    let access = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
+        Arc::new(Access::new(
+            conn.peer,
+            req.method().clone(),
+            request_host(&req).and_then(|h| HeaderValue::from_str(h).ok()),
+            req.uri().clone(),
+        ))
+    });
+    let runtime = conn.runtime.load_full();
+    let response = match forward(req, &runtime, &conn, access.as_ref()).await {
+        Ok(response) => response,
+        Err((err, route)) => {
+            log_failure(&err, &conn, route.as_deref());
+            error_response(err.status())
+        }
+    };
+    if let Some(access) = &access {
+        access.set_status(response.status().as_u16());
+    }
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    response.map(|body| {
+        let body = body.with_access(access);
+        // A tunnel never reads another request head: its clock stays stopped.
+        if switching {
+            body
+        } else {
+            body.with_clock(Some(conn.clock.clone()))
+        }
+    })
+}
+
+/// A failure, with the label of the route it happened on (if one matched) for the log.
+type Failure = (ProxyError, Option<Arc<str>>);
+
+async fn forward(
+    mut req: Request<Incoming>,
+    runtime: &Runtime,
+    conn: &ConnContext,
+    access: Option<&Arc<Access>>,
+) -> Result<Response<ResponseBody>, Failure> {
+    if conn.shutdown.is_draining() {
+        return Err((ProxyError::Draining, None));
+    }
+    let route = runtime
+        .router
+        .find(request_host(&req), req.uri().path())
+        .ok_or((ProxyError::NoRoute, None))?;
+    let fail = |err: ProxyError| (err, Some(Arc::clone(&route.label)));
+    if let Some(access) = access {
+        access.set_route(&route.label);
+    }
+
+    // Handshake and origin.
+    let key = match websocket::classify(req.method(), req.version(), req.headers()) {
+        Upgrade::WebSocket { key } if route.config.websocket => Some(key),
+        Upgrade::InvalidWebSocket { reason } if route.config.websocket => {
+            return Err(fail(ProxyError::InvalidHandshake(reason)));
+        }
+        // No upgrade, another protocol, or upgrades off on this route: plain HTTP, and the
+        // `Upgrade` header goes as the hop-by-hop header it is.
+        _ => None,
+    };
+    if key.is_some() && !websocket::origin_allowed(route.config.allowed_origins.as_deref(), req.headers()) {
+        return Err(fail(ProxyError::OriginNotAllowed));
+    }
+
+    // Rewrite: everything that does not depend on the server.
+    let client_upgrade = key.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let pool = &route.pool;
+    let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
+    // Kept for the tunnel's log line: the request as the client sent it.
+    let client_target = key.as_ref().map(|_| (parts.headers.get(HOST).cloned(), parts.uri.clone()));
+    parts.uri = route::upstream_uri(&route.config, &parts.uri);
+    parts.version = Version::HTTP_11;
+    // hyper's server-side extensions mean nothing to the upstream connection.
+    parts.extensions.clear();
+    headers::rewrite_request(
+        &mut parts.headers,
+        &headers::Forwarding {
+            peer: conn.peer.ip(),
+            trusted: crate::config::is_trusted(&runtime.trusted_proxies, conn.peer.ip()),
+            proto: conn.proto,
+            host_header: &route.config.host_header,
+            websocket: key.is_some(),
+            keepalive: pool.keepalive,
+            set_headers: &route.config.set_headers,
+        },
+    );
+
+    // Pick and connect: a connect failure marks the server and moves on (nothing was sent).
+    let (server, sender) = connect_any(pool, &route.label).await.map_err(fail)?;
+    headers::set_upstream_host(&mut parts.headers, &route.config.host_header, &server.authority);
+    if let Some(access) = access {
+        access.set_server(&server.label);
+    }
+    let upstream_req = Request::from_parts(parts, RequestBody::new(body, access.cloned()));
+
+    // Send; from here on nothing is retried on another server.
+    let read_timeout = route.config.read_timeout;
+    let (mut response, sender) = match tokio::time::timeout(read_timeout, send(sender, upstream_req, server, pool)).await {
+        Ok(result) => result.map_err(fail)?,
+        Err(_) => {
+            server.health.record_failure();
+            return Err(fail(ProxyError::ResponseTimeout(read_timeout)));
+        }
+    };
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(key), Some(client_upgrade), Some((host, uri))) = (key, client_upgrade, client_target) else {
+            return Err(fail(ProxyError::UnexpectedSwitch));
+        };
+        websocket::check_switch(response.headers(), &key).map_err(|bad| {
+            fail(ProxyError::BadSwitch(match bad {
+                BadSwitch::Upgrade => "Upgrade",
+                BadSwitch::Accept => "Sec-WebSocket-Accept",
+            }))
+        })?;
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        parts.version = client_version;
+        headers::rewrite_response(&mut parts.headers, true);
+        let tunnel = crate::tunnel::Tunnel {
+            client: conn.peer,
+            host,
+            uri,
+            route: Arc::clone(&route.label),
+            server: Arc::clone(&server.label),
+            idle_timeout: route.config.idle_timeout,
+            permit: Arc::clone(&conn.permit),
+        };
+        conn.shutdown
+            .spawn(tunnel.run(client_upgrade, upstream_upgrade, conn.shutdown.clone()));
+        return Ok(Response::from_parts(parts, ResponseBody::empty()));
+    }
+
+    // Any other answer, to a handshake or not, is relayed as plain HTTP.
+    let (mut parts, body) = response.into_parts();
+    // The client gets an answer in its own HTTP version, whatever the upstream spoke.
+    parts.version = client_version;
+    headers::rewrite_response(&mut parts.headers, false);
+    let release = pool.keepalive.then(|| (Arc::clone(&server.idle), sender));
+    Ok(Response::from_parts(parts, ResponseBody::upstream(body, release)))
+}
+
+/// The first candidate that can be reached, in balancing order, each tried once.
+async fn connect_any<'a>(pool: &'a Pool, route: &Arc<str>) -> Result<(&'a Arc<Server>, Sender), ProxyError> {
+    let mut last: Option<ConnectError> = None;
+    for server in pool.candidates() {
+        match server.connection(pool.connect_timeout).await {
+            Ok(sender) => return Ok((server, sender)),
+            Err(err) => {
+                let down = server.health.record_failure();
+                tracing::warn!(
+                    route = &**route,
+                    upstream = &*pool.name,
+                    server = &*server.label,
+                    cause = %err,
+                    marked_down = down,
+                    "upstream connect failed"
+                );
+                last = Some(err);
+            }
+        }
+    }
+    Err(match last {
+        Some(err) => ProxyError::AllServersFailed(err),
+        None => ProxyError::NoServerAvailable,
+    })
+}
+
+/// Sends the request. A pooled connection that the server was closing hands the request
+/// back unsent; it then goes once more over a fresh connection to the same server.
+async fn send(
+    mut sender: Sender,
+    req: Request<RequestBody>,
+    server: &Server,
+    pool: &Pool,
+) -> Result<(Response<Incoming>, Sender), ProxyError> {
+    let req = match sender.ready().await {
+        Ok(()) => match sender.try_send_request(req).await {
+            Ok(response) => return Ok((response, sender)),
+            Err(mut err) => match err.take_message() {
+                Some(req) => req,
+                None => return Err(ProxyError::Upstream(err.into_error())),
+            },
+        },
+        Err(_) => req,
+    };
+    let mut fresh = connect::open(server.addr, pool.connect_timeout).await.map_err(|err| {
+        server.health.record_failure();
+        ProxyError::AllServersFailed(err)
+    })?;
+    match fresh.try_send_request(req).await {
+        Ok(response) => Ok((response, fresh)),
+        Err(err) => Err(ProxyError::Upstream(err.into_error())),
+    }
+}
+
+/// The Host a request is for: the `Host` header, or the authority of an absolute-form
+/// target.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.headers().get(HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) => Some(host),
+        None => req.uri().authority().map(|a| a.as_str()),
+    }
+}
+
+/// A response sluice writes itself: the status and one short line.
+pub fn error_response(status: StatusCode) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::fixed(status_body(status)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn log_failure(err: &ProxyError, conn: &ConnContext, route: Option<&str>) {
+    let route = route.unwrap_or("-");
+    match err {
+        ProxyError::NoRoute | ProxyError::InvalidHandshake(_) | ProxyError::OriginNotAllowed | ProxyError::Draining => {
+            tracing::debug!(client = %conn.peer, route, cause = %err, "request refused");
+        }
+        _ => tracing::warn!(client = %conn.peer, route, cause = %err, "request failed"),
+    }
+}

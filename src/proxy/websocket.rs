@@ -1,0 +1,213 @@
+//! WebSocket handshake rules (RFC 6455 §4), pure functions over headers.
+//!
+//! - A request *asks for* a WebSocket when its `Upgrade` lists `websocket` and its
+//!   `Connection` lists `upgrade` (tokens case-insensitive, over any number of header lines).
+//! - It *is a valid handshake* when it also is an HTTP/1.1 `GET` with
+//!   `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key` that is base64 of 16 bytes.
+//! - An upstream `101` is accepted only with `Upgrade: websocket` and the
+//!   `Sec-WebSocket-Accept` derived from the request's key (§4.2.2 step 5.4).
+
+use base64::Engine as _;
+use http::header::{CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderMap, HeaderValue, Method, Version};
+
+/// What a request asks for, as far as upgrades go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upgrade {
+    /// No upgrade asked for (or an `Upgrade` header that `Connection` does not name: an
+    /// ordinary hop-by-hop header).
+    None,
+    /// A valid WebSocket handshake, with its key for checking the `101`.
+    WebSocket { key: HeaderValue },
+    /// Asks for a WebSocket but breaks a rule: `400`.
+    InvalidWebSocket { reason: &'static str },
+    /// Asks for another protocol (`h2c`, …), which is never forwarded: proxied as plain HTTP.
+    Other,
+}
+
+/// Whether any comma-separated token over all `name` header lines equals `token`
+/// (ASCII case-insensitive).
+pub fn header_has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|v| {
+            v.split(',').any(|t| {
+                let t = t.trim();
+                // `Upgrade: websocket/13` names a protocol version; the name is what counts.
+                let t = t.split('/').next().unwrap_or(t);
+                t.eq_ignore_ascii_case(token)
+            })
+        })
+    })
+}
+
+/// Classifies a request.
+pub fn classify(method: &Method, version: Version, headers: &HeaderMap) -> Upgrade {
+    if !headers.contains_key(UPGRADE) || !header_has_token(headers, &CONNECTION, "upgrade") {
+        return Upgrade::None;
+    }
+    if !header_has_token(headers, &UPGRADE, "websocket") {
+        return Upgrade::Other;
+    }
+    if method != Method::GET {
+        return Upgrade::InvalidWebSocket { reason: "method is not GET" };
+    }
+    if version != Version::HTTP_11 {
+        return Upgrade::InvalidWebSocket { reason: "not HTTP/1.1" };
+    }
+    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => {}
+        _ => return Upgrade::InvalidWebSocket { reason: "Sec-WebSocket-Version is not 13" },
+    }
+    let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(key), None) => key,
+        _ => return Upgrade::InvalidWebSocket { reason: "Sec-WebSocket-Key missing or repeated" },
+    };
+    if !is_valid_key(key.as_bytes()) {
+        return Upgrade::InvalidWebSocket { reason: "Sec-WebSocket-Key is not base64 of 16 bytes" };
+    }
+    Upgrade::WebSocket { key: key.clone() }
+}
+
+fn is_valid_key(key: &[u8]) -> bool {
+    // 16 bytes encode to exactly 24 base64 characters.
+    let key = key.trim_ascii();
+    if key.len() != 24 {
+        return false;
+    }
+    let mut out = [0u8; 18];
+    matches!(base64::engine::general_purpose::STANDARD.decode_slice(key, &mut out), Ok(16))
+}
+
+/// The `Sec-WebSocket-Accept` value that answers `key`.
+pub fn accept_for(key: &HeaderValue) -> String {
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes().trim_ascii())
+}
+
+/// Why an upstream `101` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadSwitch {
+    /// `Upgrade` missing or not `websocket`.
+    Upgrade,
+    /// `Sec-WebSocket-Accept` missing or not derived from the key.
+    Accept,
+}
+
+/// Checks an upstream `101` against the handshake's key.
+pub fn check_switch(response: &HeaderMap, key: &HeaderValue) -> Result<(), BadSwitch> {
+    if !header_has_token(response, &UPGRADE, "websocket") {
+        return Err(BadSwitch::Upgrade);
+    }
+    let mut accepts = response.get_all(SEC_WEBSOCKET_ACCEPT).iter();
+    match (accepts.next(), accepts.next()) {
+        (Some(accept), None) if accept.as_bytes().trim_ascii() == accept_for(key).as_bytes() => Ok(()),
+        _ => Err(BadSwitch::Accept),
+    }
+}
+
+/// Whether the handshake's `Origin` is allowed. With a list, a handshake without `Origin`
+/// is refused too: the list names who may connect.
+pub fn origin_allowed(allowed: Option<&[String]>, headers: &HeaderMap) -> bool {
+    let Some(allowed) = allowed else {
+        return true;
+    };
+    let Some(origin) = headers.get(ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return false;
+    };
+    let origin = origin.trim();
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    #[test]
+    fn rfc_6455_example_accept() {
+        assert_eq!(accept_for(&HeaderValue::from_static(KEY)), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn classification_table() {
+        let valid = [
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive, Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", KEY),
+        ];
+        let get = Method::GET;
+        let v11 = Version::HTTP_11;
+        assert!(matches!(classify(&get, v11, &headers(&valid)), Upgrade::WebSocket { .. }));
+        // Tokens over several lines, any case.
+        let split = [
+            ("upgrade", "WebSocket"),
+            ("connection", "keep-alive"),
+            ("connection", "UPGRADE"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", KEY),
+        ];
+        assert!(matches!(classify(&get, v11, &headers(&split)), Upgrade::WebSocket { .. }));
+        assert_eq!(classify(&get, v11, &headers(&[("upgrade", "websocket")])), Upgrade::None);
+        assert_eq!(classify(&get, v11, &headers(&[("connection", "upgrade")])), Upgrade::None);
+        assert_eq!(
+            classify(&get, v11, &headers(&[("upgrade", "h2c"), ("connection", "upgrade")])),
+            Upgrade::Other
+        );
+        let no_key = [("upgrade", "websocket"), ("connection", "upgrade"), ("sec-websocket-version", "13")];
+        assert!(matches!(classify(&get, v11, &headers(&no_key)), Upgrade::InvalidWebSocket { .. }));
+        let short_key = [
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "c2hvcnQ="),
+        ];
+        assert!(matches!(classify(&get, v11, &headers(&short_key)), Upgrade::InvalidWebSocket { .. }));
+        let v8 = [
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-version", "8"),
+            ("sec-websocket-key", KEY),
+        ];
+        assert!(matches!(classify(&get, v11, &headers(&v8)), Upgrade::InvalidWebSocket { .. }));
+        assert!(matches!(classify(&Method::POST, v11, &headers(&valid)), Upgrade::InvalidWebSocket { .. }));
+        assert!(matches!(
+            classify(&get, Version::HTTP_10, &headers(&valid)),
+            Upgrade::InvalidWebSocket { .. }
+        ));
+    }
+
+    #[test]
+    fn switch_checks() {
+        let key = HeaderValue::from_static(KEY);
+        let good = headers(&[("upgrade", "websocket"), ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")]);
+        assert_eq!(check_switch(&good, &key), Ok(()));
+        let wrong = headers(&[("upgrade", "websocket"), ("sec-websocket-accept", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")]);
+        assert_eq!(check_switch(&wrong, &key), Err(BadSwitch::Accept));
+        let missing = headers(&[("upgrade", "websocket")]);
+        assert_eq!(check_switch(&missing, &key), Err(BadSwitch::Accept));
+        let no_upgrade = headers(&[("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")]);
+        assert_eq!(check_switch(&no_upgrade, &key), Err(BadSwitch::Upgrade));
+    }
+
+    #[test]
+    fn origins() {
+        let list = vec!["https://app.example.com".to_string()];
+        let ok = headers(&[("origin", "https://APP.example.com")]);
+        let bad = headers(&[("origin", "https://evil.example")]);
+        assert!(origin_allowed(Some(&list), &ok));
+        assert!(!origin_allowed(Some(&list), &bad));
+        assert!(!origin_allowed(Some(&list), &HeaderMap::new()));
+        assert!(origin_allowed(None, &bad));
+    }
+}

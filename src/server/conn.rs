@@ -1,0 +1,71 @@
+//! One client connection: hyper's HTTP/1.1 server over the timed socket, with upgrades on.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::head::ClientIo;
+use super::limits::ConnPermit;
+use crate::config::ListenerConfig;
+use crate::proxy::{self, ConnContext, Runtime};
+use crate::shutdown::Shutdown;
+
+/// hyper's default read-buffer ceiling (~400 KiB); raised only if a listener allows
+/// larger request heads, so `max_header_bytes` is always the limit that answers `431`.
+const DEFAULT_MAX_BUF: usize = 400 * 1024;
+
+/// Serves a connection until it closes, becomes a tunnel (which runs on in its own task),
+/// or the drain ends it.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    runtime: Arc<arc_swap::ArcSwap<Runtime>>,
+    shutdown: Shutdown,
+    permit: ConnPermit,
+) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(client = %peer, cause = %err, "cannot set TCP_NODELAY");
+    }
+    let (io, clock) = ClientIo::new(stream, listener.header_timeout);
+    let context = Arc::new(ConnContext {
+        peer,
+        proto: "http",
+        clock,
+        runtime,
+        shutdown: shutdown.clone(),
+        permit: Arc::new(permit),
+    });
+    let service = service_fn(move |req| {
+        let context = Arc::clone(&context);
+        async move { Ok::<_, Infallible>(proxy::handle(req, context).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(true)
+        // Clients that shut down their write side after the request still get the answer.
+        .half_close(true)
+        // sluice times heads itself (ClientIo), to answer 408.
+        .header_read_timeout(None)
+        .max_header_size(listener.max_header_bytes)
+        .max_buf_size(DEFAULT_MAX_BUF.max(listener.max_header_bytes.saturating_add(1024)));
+    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.draining() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = shutdown.cut() => Ok(()),
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(client = %peer, cause = %err, "client connection ended with an error");
+    }
+}

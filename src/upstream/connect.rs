@@ -1,0 +1,126 @@
+//! Upstream connections: connecting with `connect_timeout` and `TCP_NODELAY`, the HTTP/1.1
+//! client handshake, and the per-server pool of idle keep-alive connections.
+//!
+//! sluice drives `hyper::client::conn::http1` itself rather than a pooled client, because
+//! the proxy must know *which* step failed: a connect failure marks the server and moves
+//! the request to the next one (nothing was sent), while a failure after sending is final.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{Builder, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// A sender on one upstream HTTP/1.1 connection; its connection task runs on its own.
+pub type Sender = SendRequest<crate::proxy::body::RequestBody>;
+
+/// How long an idle pooled connection is kept before it is closed, like nginx's upstream
+/// `keepalive_timeout` default (60 s). Servers commonly close idle connections after
+/// 5–75 s; reusing one the server is closing costs a retry, so stale ones are dropped early.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why no connection could be had. Nothing was sent upstream in either case.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connect failed: {0}")]
+    Io(#[source] io::Error),
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+}
+
+/// Opens a TCP connection with `TCP_NODELAY` set (tunnels carry small frames both ways;
+/// Nagle's algorithm would add up to 40 ms to each).
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout(timeout)),
+        Ok(Err(e)) => return Err(ConnectError::Io(e)),
+        Ok(Ok(stream)) => stream,
+    };
+    stream.set_nodelay(true).map_err(ConnectError::Io)?;
+    Ok(stream)
+}
+
+/// Connects and performs the HTTP/1.1 client handshake. The connection task is spawned and
+/// allows upgrades, so a `101` hands the raw connection to [`hyper::upgrade::on`].
+pub async fn open(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = connect_tcp(addr, timeout).await?;
+    let (sender, conn) = Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.with_upgrades().await {
+            tracing::debug!(upstream.addr = %addr, cause = %err, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Idle keep-alive connections to one server, most recently used first out.
+#[derive(Debug)]
+pub struct IdlePool {
+    max_idle: usize,
+    /// A std mutex: held only to push or pop, never across an await.
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+impl IdlePool {
+    pub fn new(max_idle: usize) -> IdlePool {
+        IdlePool {
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection that is still open, if any.
+    pub fn take(&self) -> Option<Sender> {
+        if self.max_idle == 0 {
+            return None;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response is complete. When the connection is not
+    /// ready yet (hyper finishing the previous exchange), a small task waits for it.
+    pub fn put(self: &std::sync::Arc<Self>, mut sender: Sender) {
+        if self.max_idle == 0 || sender.is_closed() {
+            return;
+        }
+        if sender.is_ready() {
+            self.push(sender);
+            return;
+        }
+        let pool = std::sync::Arc::clone(self);
+        tokio::spawn(async move {
+            let ready = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await;
+            if matches!(ready, Ok(Ok(()))) {
+                pool.push(sender);
+            }
+        });
+    }
+
+    fn push(&self, sender: Sender) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= self.max_idle {
+            // Keep the newest: drop the oldest, whose server is likeliest to close it.
+            idle.remove(0);
+        }
+        idle.push((sender, Instant::now()));
+    }
+
+    /// Closes every idle connection (the server left the pool).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}

@@ -1,0 +1,122 @@
+//! Passive health, with nginx's semantics: `max_fails` failures within `fail_timeout` take a
+//! server out for `fail_timeout`.
+//!
+//! Only failures to *reach* a server count (connect errors and connect timeouts): an answer
+//! the server chose to give, even a `5xx` or a refused upgrade, says it is alive.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the first call, a cheap monotonic clock shared by every server so
+/// "down until" fits in an atomic.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Failure accounting for one server.
+#[derive(Debug)]
+pub struct PassiveHealth {
+    max_fails: u32,
+    fail_timeout_ms: u64,
+    /// `now_ms()` before which the server is skipped; 0 when it is up. Read on every pick,
+    /// so it is an atomic rather than behind the mutex.
+    down_until: AtomicU64,
+    /// (failures counted, when the counting window opened). Touched only on failures.
+    window: Mutex<(u32, u64)>,
+}
+
+impl PassiveHealth {
+    pub fn new(max_fails: u32, fail_timeout: Duration) -> Self {
+        PassiveHealth {
+            max_fails,
+            fail_timeout_ms: u64::try_from(fail_timeout.as_millis()).unwrap_or(u64::MAX),
+            down_until: AtomicU64::new(0),
+            window: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Whether the server may be picked now.
+    pub fn is_available(&self) -> bool {
+        let until = self.down_until.load(Ordering::Relaxed);
+        until == 0 || now_ms() >= until
+    }
+
+    /// Records a failure to reach the server; returns true when this one took it down.
+    pub fn record_failure(&self) -> bool {
+        if self.max_fails == 0 {
+            return false;
+        }
+        let now = now_ms();
+        // A poisoned lock only means another thread panicked mid-update of two integers;
+        // the numbers are still usable.
+        let mut window = self
+            .window
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (fails, opened) = &mut *window;
+        if *fails == 0 || now.saturating_sub(*opened) >= self.fail_timeout_ms {
+            *fails = 0;
+            *opened = now;
+        }
+        *fails += 1;
+        if *fails >= self.max_fails {
+            *fails = 0;
+            self.down_until
+                .store(now.saturating_add(self.fail_timeout_ms).max(1), Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Records that the server answered: it is up, and earlier failures are forgiven.
+    pub fn record_success(&self) {
+        if self.down_until.load(Ordering::Relaxed) != 0 {
+            self.down_until.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_failure_takes_a_server_down_with_max_fails_1() {
+        let h = PassiveHealth::new(1, Duration::from_secs(10));
+        assert!(h.is_available());
+        assert!(h.record_failure());
+        assert!(!h.is_available());
+    }
+
+    #[test]
+    fn max_fails_counts_within_the_window() {
+        let h = PassiveHealth::new(3, Duration::from_secs(10));
+        assert!(!h.record_failure());
+        assert!(!h.record_failure());
+        assert!(h.is_available());
+        assert!(h.record_failure());
+        assert!(!h.is_available());
+    }
+
+    #[test]
+    fn max_fails_0_never_takes_a_server_down() {
+        let h = PassiveHealth::new(0, Duration::from_secs(10));
+        for _ in 0..10 {
+            assert!(!h.record_failure());
+        }
+        assert!(h.is_available());
+    }
+
+    #[test]
+    fn a_server_comes_back_after_fail_timeout() {
+        let h = PassiveHealth::new(1, Duration::from_millis(20));
+        h.record_failure();
+        assert!(!h.is_available());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(h.is_available());
+    }
+}

@@ -1,0 +1,265 @@
+//! Start, drain and exit: the real `sluice` binary (SPEC "Command line", "Lifecycle",
+//! "Access log") and `Server::run`'s drain in-process.
+//!
+//! The binary cannot report a port-0 address back, so these tests take a free port by
+//! binding `127.0.0.1:0` and releasing it just before starting sluice.
+//!
+//! Binary
+//! - `serves_then_exits_0_quickly_on_sigterm_when_idle`
+//! - `sigterm_drains_an_open_tunnel_until_shutdown_timeout`
+//! - `address_in_use_exits_1_with_one_line`
+//! - `json_log_format_writes_json_lines_with_an_access_line`
+//!
+//! In-process
+//! - `drain_completes_in_flight_request_and_refuses_new_connections`
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A config for the binary: a listener on a free loopback port, everything to `backend`.
+fn binary_config(backend: SocketAddr, proxy_extra: &str) -> (SocketAddr, String) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        r#"
+[proxy]
+{proxy_extra}
+
+[[listener]]
+addr = "{addr}"
+
+[upstream.app]
+servers = ["{backend}"]
+
+[[route]]
+upstream = "app"
+"#
+    );
+    (addr, text)
+}
+
+/// Starts `sluice run -c FILE` (plus `extra` args) and waits until it listens.
+async fn start_daemon(name: &str, config: &str, addr: SocketAddr, extra: &[&str]) -> Daemon {
+    let path = temp_config(name, config);
+    let path = path.to_str().unwrap().to_owned();
+    let mut args = vec!["run", "-c", path.as_str()];
+    args.extend_from_slice(extra);
+    let mut daemon = Daemon::start(&args);
+    daemon.wait_listening(addr).await;
+    daemon
+}
+
+#[tokio::test]
+async fn serves_then_exits_0_quickly_on_sigterm_when_idle() {
+    let backend = named_backend("from-backend").await;
+    let (addr, config) = binary_config(backend.addr, "");
+    let daemon = start_daemon("serves", &config, addr, &[]).await;
+
+    let r = http_get(addr, "h", "/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body_str(), "from-backend");
+
+    let start = Instant::now();
+    daemon.sigterm();
+    let exit = daemon.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(exit.code, Some(0), "{exit}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?} to exit with nothing open{exit}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_an_open_tunnel_until_shutdown_timeout() {
+    let backend = ws_echo_backend().await;
+    let (addr, config) = binary_config(backend.addr, r#"shutdown_timeout = "2s""#);
+    let daemon = start_daemon("drain-tunnel", &config, addr, &[]).await;
+
+    let (mut ws, _) = ws_connect(&format!("ws://{addr}/"), &[])
+        .await
+        .expect("handshake");
+    within(WAIT, ws.send(Message::Text("before".into())))
+        .await
+        .unwrap();
+    let got = within(WAIT, ws.next()).await;
+    assert_eq!(got.unwrap().unwrap(), Message::Text("before".into()));
+
+    let signalled = Instant::now();
+    daemon.sigterm();
+
+    // New connections are refused (or answered 503) while draining...
+    eventually(Duration::from_secs(2), "new connections are refused", || async move {
+        !is_served(addr).await
+    })
+    .await;
+    // ...while the open tunnel still works.
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1500),
+        "too slow to check the tunnel inside the drain window"
+    );
+    within(WAIT, ws.send(Message::Text("during".into())))
+        .await
+        .expect("tunnel still open during the drain");
+    let got = within(WAIT, ws.next()).await;
+    assert_eq!(
+        got.expect("tunnel closed early").expect("tunnel broke early"),
+        Message::Text("during".into())
+    );
+
+    // At shutdown_timeout the tunnel is closed and the process exits 0.
+    let end = within(Duration::from_secs(6), ws.next()).await;
+    let closed_after = signalled.elapsed();
+    assert!(
+        matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "expected the tunnel to close, got {end:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(1500),
+        "tunnel closed {closed_after:?} after SIGTERM, before shutdown_timeout"
+    );
+    let exit = daemon.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(exit.code, Some(0), "{exit}");
+}
+
+#[tokio::test]
+async fn address_in_use_exits_1_with_one_line() {
+    let backend = named_backend("x").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = format!(
+        r#"
+[[listener]]
+addr = "{addr}"
+
+[upstream.app]
+servers = ["{}"]
+
+[[route]]
+upstream = "app"
+"#,
+        backend.addr
+    );
+    let path = temp_config("in-use", &config);
+
+    let daemon = Daemon::start(&["run", "-c", path.to_str().unwrap()]);
+    let exit = daemon.wait_exit(WAIT).await;
+    assert_eq!(exit.code, Some(1), "{exit}");
+    let lines: Vec<&str> = exit.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr{exit}");
+    assert!(
+        lines[0].contains(&addr.port().to_string()),
+        "the line should name the address{exit}"
+    );
+    assert!(
+        lines[0].to_ascii_lowercase().contains("in use"),
+        "the line should say the address is in use{exit}"
+    );
+    drop(taken);
+}
+
+#[tokio::test]
+async fn json_log_format_writes_json_lines_with_an_access_line() {
+    let backend = named_backend("ok").await;
+    let (addr, config) = binary_config(backend.addr, "");
+    let daemon = start_daemon("json-log", &config, addr, &["--log-format", "json"]).await;
+
+    let r = http_get(addr, "json.example", "/hello?x=1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    daemon.sigterm();
+    let exit = daemon.wait_exit(WAIT).await;
+    assert_eq!(exit.code, Some(0), "{exit}");
+
+    let mut access = Vec::new();
+    for line in exit.stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}{exit}"));
+        assert!(v.is_object(), "not a JSON object: {line}");
+        if v["target"] == "access" {
+            access.push(v);
+        }
+    }
+    let hit = access
+        .iter()
+        .find(|v| {
+            let path = v["path"].as_str().unwrap_or_default();
+            path.starts_with("/hello")
+        })
+        .unwrap_or_else(|| panic!("no access line for /hello{exit}"));
+    let status = &hit["status"];
+    assert!(
+        status == 200 || status == "200",
+        "access line status: {hit}"
+    );
+    assert_eq!(hit["method"], "GET", "{hit}");
+    for field in [
+        "client",
+        "host",
+        "route",
+        "server",
+        "duration_ms",
+        "bytes_in",
+        "bytes_out",
+    ] {
+        assert!(!hit[field].is_null(), "access line lacks {field}: {hit}");
+    }
+}
+
+#[tokio::test]
+async fn drain_completes_in_flight_request_and_refuses_new_connections() {
+    // The first request waits until the test releases it; later ones answer at once.
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let release_rx = Mutex::new(Some(release_rx));
+    let backend = http_backend(move |_| {
+        let wait = release_rx.lock().unwrap().take();
+        async move {
+            if let Some(wait) = wait {
+                let _ = wait.await;
+                return text(200, "slow done");
+            }
+            text(200, "fast")
+        }
+    })
+    .await;
+    let mut proxy = spawn_proxy(&format!(
+        r#"
+[proxy]
+shutdown_timeout = "5s"
+
+[[listener]]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{}"]
+
+[[route]]
+upstream = "app"
+"#,
+        backend.addr
+    ))
+    .await;
+    let addr = proxy.addr;
+
+    let mut slow = RawClient::connect(addr).await;
+    slow.send("GET /slow HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    backend.wait_for(1).await;
+
+    proxy.stop();
+    eventually(WAIT, "new connections are refused while draining", || async move {
+        !is_served(addr).await
+    })
+    .await;
+
+    release_tx.send(()).unwrap();
+    let r = slow.read_response().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body_str(), "slow done");
+    proxy.finished(WAIT).await;
+    assert!(!is_served(addr).await);
+}

@@ -151,23 +151,19 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, StartError> {
     })
 }
 
-/// Runs the demo on `listen` until Ctrl-C or SIGTERM, then drains and returns.
+/// Runs the demo on `listen` until Ctrl-C (SIGINT) or SIGTERM, then drains and returns.
 ///
 /// # Errors
-/// The runtime cannot be built, or [`start`] fails.
+/// The runtime or the signal handlers cannot be set up, or [`start`] fails.
 pub fn run(listen: SocketAddr) -> Result<(), StartError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(StartError::Runtime)?;
-    runtime.block_on(async move {
+    crate::lifecycle::tokio_runtime()?.block_on(async move {
+        let stop = crate::lifecycle::stop_signal()?;
         let demo = start(listen).await?;
         println!(
             "sluice demo: open http://{}/ in a browser",
             browsable(demo.addr())
         );
-        shutdown_signal().await;
-        tracing::info!("demo stopping");
+        stop.await;
         demo.stop().await;
         Ok(())
     })
@@ -206,36 +202,6 @@ fn browsable(addr: SocketAddr) -> SocketAddr {
             SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
         }
         _ => addr,
-    }
-}
-
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM. A signal that cannot be listened for is logged
-/// and ignored; the other still works.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::warn!(cause = %err, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(cause = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }
 

@@ -47,10 +47,24 @@ pub fn run_from_file(path: &Path) -> Result<(), StartError> {
     let config = Config::load(path)?;
     tokio_runtime()?.block_on(async move {
         let stop = stop_signal()?;
+        ignore_reload_signal()?;
         let server = Server::bind(config).await?;
         server.run(stop).await;
         Ok(())
     })
+}
+
+/// SIGHUP's default action would kill the process, and `systemctl reload` sends it: until
+/// reloading is built, it is caught and logged, and the running config stays.
+fn ignore_reload_signal() -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::warn!("SIGHUP: reloading is not supported yet; the running config stays");
+        }
+    });
+    Ok(())
 }
 
 /// A future that resolves on the first SIGTERM or SIGINT.

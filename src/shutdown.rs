@@ -65,7 +65,10 @@ impl Shutdown {
         self.inner.draining_flag.store(true, Ordering::Relaxed);
         self.inner.draining.cancel();
         self.inner.tasks.close();
-        if tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::info!(
                 remaining = self.inner.tasks.len(),
                 "shutdown_timeout reached, closing remaining connections and tunnels"

@@ -135,12 +135,20 @@ struct Metered<'a, T> {
 
 impl<'a, T> Metered<'a, T> {
     fn new(io: T, activity: &'a Activity) -> Self {
-        Metered { io, activity, bytes: 0 }
+        Metered {
+            io,
+            activity,
+            bytes: 0,
+        }
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Metered<'_, T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         let read = buf.filled().len() - before;
@@ -153,7 +161,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<'_, T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<'_, T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 

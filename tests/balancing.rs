@@ -218,7 +218,10 @@ async fn backup_is_used_only_when_primaries_are_down() {
     let dead1 = dead_addr().await;
     let dead2 = dead_addr().await;
     let proxy = spawn_proxy(&pool(
-        &format!(r#""{dead1}", {{ addr = "{}", backup = true }}, "{dead2}""#, backup.addr),
+        &format!(
+            r#""{dead1}", {{ addr = "{}", backup = true }}, "{dead2}""#,
+            backup.addr
+        ),
         "",
         "",
     ))
@@ -259,7 +262,10 @@ async fn connect_timeout_is_504() {
     let took = start.elapsed();
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.body_str(), "gateway timeout\n");
-    assert!(took >= Duration::from_millis(250), "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "answered after {took:?}"
+    );
 }
 
 #[tokio::test]

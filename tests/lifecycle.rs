@@ -95,9 +95,11 @@ async fn sigterm_drains_an_open_tunnel_until_shutdown_timeout() {
     daemon.sigterm();
 
     // New connections are refused (or answered 503) while draining...
-    eventually(Duration::from_secs(2), "new connections are refused", || async move {
-        !is_served(addr).await
-    })
+    eventually(
+        Duration::from_secs(2),
+        "new connections are refused",
+        || async move { !is_served(addr).await },
+    )
     .await;
     // ...while the open tunnel still works.
     assert!(
@@ -109,7 +111,8 @@ async fn sigterm_drains_an_open_tunnel_until_shutdown_timeout() {
         .expect("tunnel still open during the drain");
     let got = within(WAIT, ws.next()).await;
     assert_eq!(
-        got.expect("tunnel closed early").expect("tunnel broke early"),
+        got.expect("tunnel closed early")
+            .expect("tunnel broke early"),
         Message::Text("during".into())
     );
 
@@ -151,7 +154,11 @@ upstream = "app"
     let daemon = Daemon::start(&["run", "-c", path.to_str().unwrap()]);
     let exit = daemon.wait_exit(WAIT).await;
     assert_eq!(exit.code, Some(1), "{exit}");
-    let lines: Vec<&str> = exit.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = exit
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     assert_eq!(lines.len(), 1, "expected one line on stderr{exit}");
     assert!(
         lines[0].contains(&addr.port().to_string()),
@@ -251,9 +258,11 @@ upstream = "app"
     backend.wait_for(1).await;
 
     proxy.stop();
-    eventually(WAIT, "new connections are refused while draining", || async move {
-        !is_served(addr).await
-    })
+    eventually(
+        WAIT,
+        "new connections are refused while draining",
+        || async move { !is_served(addr).await },
+    )
     .await;
 
     release_tx.send(()).unwrap();

@@ -55,8 +55,9 @@ async fn held_connection(addr: SocketAddr) -> RawClient {
 async fn assert_503_and_closed(addr: SocketAddr) {
     let mut c = RawClient::connect(addr).await;
     // The proxy may answer at accept, before reading; a failed write is fine then.
-    let _ = tokio::io::AsyncWriteExt::write_all(&mut c.stream, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await;
+    let _ =
+        tokio::io::AsyncWriteExt::write_all(&mut c.stream, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await;
     let r = c.read_response().await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.body_str(), "service unavailable\n");
@@ -118,7 +119,12 @@ async fn oversized_head_gets_431() {
         "a".repeat(1500)
     );
     let r = raw_response(proxy.addr, small).await;
-    assert_eq!(r.status, 200, "a 1.5 KiB head is within the limit: {}", r.text());
+    assert_eq!(
+        r.status,
+        200,
+        "a 1.5 KiB head is within the limit: {}",
+        r.text()
+    );
 
     let big = format!(
         "GET / HTTP/1.1\r\nHost: h\r\nX-Pad: {}\r\n\r\n",

@@ -119,9 +119,15 @@ async fn upstream_sees_handshake_headers_unchanged() {
             .collect::<Vec<_>>()
     };
     assert_eq!(get("upgrade").len(), 1, "{seen:?}");
-    assert!(get("upgrade")[0].eq_ignore_ascii_case("websocket"), "{seen:?}");
+    assert!(
+        get("upgrade")[0].eq_ignore_ascii_case("websocket"),
+        "{seen:?}"
+    );
     assert_eq!(get("connection").len(), 1, "{seen:?}");
-    assert!(get("connection")[0].eq_ignore_ascii_case("upgrade"), "{seen:?}");
+    assert!(
+        get("connection")[0].eq_ignore_ascii_case("upgrade"),
+        "{seen:?}"
+    );
     assert_eq!(get("sec-websocket-key"), [KEY]);
     assert_eq!(get("sec-websocket-version"), ["13"]);
     assert_eq!(get("sec-websocket-protocol"), ["chat, superchat"]);
@@ -249,7 +255,10 @@ async fn upgrade_not_named_by_connection_is_plain_http() {
 
     let seen = backend.only();
     assert!(seen.header("upgrade").is_none(), "{:?}", seen.headers);
-    assert_eq!(seen.header_joined("connection").as_deref(), Some("keep-alive"));
+    assert_eq!(
+        seen.header_joined("connection").as_deref(),
+        Some("keep-alive")
+    );
     // End-to-end headers still go through.
     assert_eq!(seen.header("sec-websocket-key"), Some(KEY));
 }
@@ -270,8 +279,15 @@ async fn h2c_upgrade_is_never_forwarded() {
 
     let seen = backend.only();
     assert!(seen.header("upgrade").is_none(), "{:?}", seen.headers);
-    assert!(seen.header("http2-settings").is_none(), "{:?}", seen.headers);
-    assert_eq!(seen.header_joined("connection").as_deref(), Some("keep-alive"));
+    assert!(
+        seen.header("http2-settings").is_none(),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(
+        seen.header_joined("connection").as_deref(),
+        Some("keep-alive")
+    );
 }
 
 #[tokio::test]
@@ -285,7 +301,10 @@ async fn websocket_false_route_sends_plain_request() {
 
     let seen = backend.only();
     assert!(seen.header("upgrade").is_none(), "{:?}", seen.headers);
-    assert_eq!(seen.header_joined("connection").as_deref(), Some("keep-alive"));
+    assert_eq!(
+        seen.header_joined("connection").as_deref(),
+        Some("keep-alive")
+    );
 }
 
 #[tokio::test]
@@ -306,12 +325,9 @@ async fn allowed_origins_rejects_others_with_403() {
     assert_eq!(r.body_str(), "origin not allowed\n");
     assert_eq!(backend.count(), 0);
 
-    let (mut ws, _) = ws_connect(
-        &ws_url(&proxy, "/"),
-        &[("Origin", "https://good.example")],
-    )
-    .await
-    .expect("allowed origin is let through");
+    let (mut ws, _) = ws_connect(&ws_url(&proxy, "/"), &[("Origin", "https://good.example")])
+        .await
+        .expect("allowed origin is let through");
     within(WAIT, ws.send(Message::Text("ok".into())))
         .await
         .unwrap();

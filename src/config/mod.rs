@@ -1,8 +1,10 @@
 //! The configuration: loading, validating and the validated runtime types.
 //!
-//! Loading happens in two stages (see `raw` and `validate`): serde reads the TOML into
-//! a strict mirror of the file (`deny_unknown_fields`, spans kept), then validation turns
-//! that into the types below while collecting *every* problem, each rendered as
+//! Loading happens in two stages (see `raw` and `validate`): `raw` parses the TOML (with
+//! `toml_edit`) into a tree that keeps the span of every key, value and table header, then
+//! `validate` walks that tree, refusing unknown keys and wrong types as it goes (serde's
+//! `deny_unknown_fields` would stop at the first), and turns it into the types below while
+//! collecting *every* problem, each rendered by `diagnostic` as
 //! `FILE:LINE:COL: key.path: what is wrong (what is allowed)`.
 //!
 //! Nothing in this module binds a socket or resolves a name: `sluice check` runs it alone.

@@ -392,3 +392,208 @@ fn to_usize(n: i64) -> usize {
 fn to_u32(n: i64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use http::{HeaderName, HeaderValue};
+
+    use super::*;
+    use crate::config::{Balance, HashKey, HostHeader, HostPattern, ServerConfig};
+
+    fn load(text: &str) -> Config {
+        match validate(text, Path::new("t.toml")) {
+            Ok(config) => config,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    const MINIMAL: &str = r#"
+[[listener]]
+addr = "0.0.0.0:8080"
+[upstream.backend]
+servers = ["192.168.3.1:3000", "[::1]:3000"]
+[[route]]
+upstream = "backend"
+"#;
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = load(MINIMAL);
+        assert_eq!(c.source, Path::new("t.toml"));
+        assert_eq!(c.proxy.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.proxy.max_connections, 65_536);
+        assert_eq!(c.proxy.max_connections_per_ip, None);
+        assert_eq!(c.proxy.resolver, None);
+        assert!(c.proxy.trusted_proxies.is_empty());
+        let l = &c.listeners[0];
+        assert_eq!(l.addr, "0.0.0.0:8080".parse::<SocketAddr>().unwrap());
+        assert!(l.tls.is_empty());
+        assert_eq!(l.header_timeout, Duration::from_secs(10));
+        assert_eq!(l.max_header_bytes, 65_536);
+        let u = &c.upstreams["backend"];
+        assert_eq!(u.name, "backend");
+        assert_eq!(u.balance, Balance::RoundRobin);
+        assert_eq!(u.hash_key, HashKey::Ip);
+        assert_eq!(u.connect_timeout, Duration::from_secs(5));
+        assert_eq!(u.max_fails, 1);
+        assert_eq!(u.fail_timeout, Duration::from_secs(10));
+        assert!(u.health_check.is_none());
+        assert_eq!(u.keepalive, 32);
+        assert!(u.tls.is_none());
+        assert_eq!(u.resolve_interval, Duration::from_secs(30));
+        assert_eq!(
+            u.servers[1],
+            ServerConfig {
+                addr: "[::1]:3000".into(),
+                host: "::1".into(),
+                port: 3000,
+                weight: 1,
+                backup: false,
+            }
+        );
+        let r = &c.routes[0];
+        assert_eq!(r.index, 0);
+        assert_eq!(r.host, None);
+        assert_eq!(r.path, "/");
+        assert_eq!(r.upstream, "backend");
+        assert!(!r.strip_prefix);
+        assert!(r.websocket);
+        assert_eq!(r.allowed_origins, None);
+        assert_eq!(r.host_header, HostHeader::Preserve);
+        assert!(r.set_headers.is_empty());
+        assert_eq!(r.read_timeout, Duration::from_secs(60));
+        assert_eq!(r.idle_timeout, Duration::from_secs(3600));
+        assert!(c.admin.is_none());
+    }
+
+    #[test]
+    fn every_supported_key_reaches_the_validated_types() {
+        let c = load(
+            r#"
+[proxy]
+shutdown_timeout = "0s"
+max_connections = 100
+max_connections_per_ip = 3
+trusted_proxies = ["10.1.2.3/8", "::1"]
+[[listener]]
+addr = "[::]:0"
+header_timeout = "250ms"
+max_header_bytes = 2048
+[upstream.b]
+servers = [{ addr = "App.Internal:81", weight = 7, backup = true }]
+balance = "round_robin"
+connect_timeout = "1m30s"
+max_fails = 0
+fail_timeout = "1h"
+keepalive = 0
+tls = false
+[[route]]
+host = "*.Example.COM"
+path = "/ws//"
+upstream = "b"
+strip_prefix = true
+websocket = false
+allowed_origins = ["https://Example.com"]
+host_header = "internal"
+set_headers = { "X-B" = "2", "X-A" = "1" }
+read_timeout = "1s"
+idle_timeout = "2m"
+[[route]]
+host = "example.com"
+upstream = "b"
+host_header = "upstream"
+"#,
+        );
+        assert_eq!(c.proxy.shutdown_timeout, Duration::ZERO);
+        assert_eq!(c.proxy.max_connections, 100);
+        assert_eq!(c.proxy.max_connections_per_ip, Some(3));
+        let nets: Vec<String> = c
+            .proxy
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
+        assert!(crate::config::is_trusted(
+            &c.proxy.trusted_proxies,
+            "10.9.9.9".parse::<IpAddr>().unwrap()
+        ));
+        let l = &c.listeners[0];
+        assert_eq!(l.addr, "[::]:0".parse::<SocketAddr>().unwrap());
+        assert_eq!(l.header_timeout, Duration::from_millis(250));
+        assert_eq!(l.max_header_bytes, 2048);
+        let u = &c.upstreams["b"];
+        assert_eq!(u.connect_timeout, Duration::from_secs(90));
+        assert_eq!(u.max_fails, 0);
+        assert_eq!(u.fail_timeout, Duration::from_secs(3600));
+        assert_eq!(u.keepalive, 0);
+        assert!(u.tls.is_none());
+        assert_eq!(
+            u.servers,
+            [ServerConfig {
+                addr: "App.Internal:81".into(),
+                host: "App.Internal".into(),
+                port: 81,
+                weight: 7,
+                backup: true,
+            }]
+        );
+        let r = &c.routes[0];
+        assert_eq!(r.host, Some(HostPattern::Wildcard(".example.com".into())));
+        assert_eq!(r.path, "/ws");
+        assert_eq!(r.label(), "*.example.com/ws");
+        assert!(r.strip_prefix);
+        assert!(!r.websocket);
+        assert_eq!(r.allowed_origins, Some(vec!["https://Example.com".into()]));
+        assert_eq!(
+            r.host_header,
+            HostHeader::Fixed(HeaderValue::from_static("internal"))
+        );
+        assert_eq!(
+            r.set_headers,
+            [
+                (
+                    HeaderName::from_static("x-b"),
+                    HeaderValue::from_static("2")
+                ),
+                (
+                    HeaderName::from_static("x-a"),
+                    HeaderValue::from_static("1")
+                ),
+            ]
+        );
+        assert_eq!(r.read_timeout, Duration::from_secs(1));
+        assert_eq!(r.idle_timeout, Duration::from_secs(120));
+        let r1 = &c.routes[1];
+        assert_eq!(r1.index, 1);
+        assert_eq!(r1.host, Some(HostPattern::Exact("example.com".into())));
+        assert_eq!(r1.host_header, HostHeader::Upstream);
+    }
+
+    #[test]
+    fn problems_come_back_located_and_in_file_order() {
+        let text = "[[route]]\nupstream = \"x\"\n\n[[listener]]\naddr = \"nope\"\n";
+        let err = validate(text, Path::new("t.toml")).unwrap_err();
+        let got: Vec<(usize, usize, &str)> = err
+            .problems()
+            .iter()
+            .map(|p| (p.line, p.column, p.key_path.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [(2, 12, "route[0].upstream"), (5, 8, "listener[0].addr")]
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_anchored_at_the_config_directory() {
+        assert_eq!(base_dir(Path::new("sluice.toml")), Path::new("."));
+        assert_eq!(
+            base_dir(Path::new("/etc/sluice/s.toml")),
+            Path::new("/etc/sluice")
+        );
+        assert_eq!(base_dir(Path::new("conf/s.toml")), Path::new("conf"));
+    }
+}

@@ -62,7 +62,11 @@ impl Access {
 
     /// Writes the line for the request.
     pub fn log(&self, bytes_out: u64) {
-        let host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-");
+        let host = self
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-");
         tracing::info!(
             target: "access",
             client = %self.client,
@@ -95,11 +99,16 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(access)) = (&polled, &self.access) {
             if let Some(data) = frame.data_ref() {
-                access.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                access
+                    .bytes_in
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
         polled
@@ -180,7 +189,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         match &mut this.source {
             Source::Upstream { body, release } => {
@@ -228,6 +240,15 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        // hyper stops polling a body whose length is used up without waiting for the final
+        // `None`; the exchange is complete all the same, so the connection is reusable.
+        if let Source::Upstream { body, release } = &mut self.source {
+            if body.is_end_stream() {
+                if let Some((pool, sender)) = release.take() {
+                    pool.put(sender);
+                }
+            }
+        }
         if let Some(clock) = &self.clock {
             clock.response_done();
         }

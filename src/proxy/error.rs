@@ -45,9 +45,8 @@ impl ProxyError {
             | ProxyError::Upstream(_)
             | ProxyError::BadSwitch(_)
             | ProxyError::UnexpectedSwitch => StatusCode::BAD_GATEWAY,
-            ProxyError::AllServersFailed(ConnectError::Timeout(_)) | ProxyError::ResponseTimeout(_) => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::AllServersFailed(ConnectError::Timeout(_))
+            | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::AllServersFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -72,10 +71,12 @@ pub fn status_body(status: StatusCode) -> &'static str {
         403 => "origin not allowed\n",
         404 => "no route\n",
         408 => "request timeout\n",
+        414 => "uri too long\n",
         431 => "request header fields too large\n",
         502 => "bad gateway\n",
         503 => "service unavailable\n",
         504 => "gateway timeout\n",
+        505 => "http version not supported\n",
         _ => "error\n",
     }
 }
@@ -108,7 +109,10 @@ mod tests {
             (ProxyError::NoRoute, 404),
             (ProxyError::NoServerAvailable, 502),
             (ProxyError::AllServersFailed(ConnectError::Io(io())), 502),
-            (ProxyError::AllServersFailed(ConnectError::Timeout(Duration::from_secs(1))), 504),
+            (
+                ProxyError::AllServersFailed(ConnectError::Timeout(Duration::from_secs(1))),
+                504,
+            ),
             (ProxyError::ResponseTimeout(Duration::from_secs(1)), 504),
             (ProxyError::Draining, 503),
             (ProxyError::BadSwitch("Sec-WebSocket-Accept"), 502),
@@ -121,7 +125,8 @@ mod tests {
 
     #[test]
     fn raw_responses_are_complete() {
-        let raw = String::from_utf8(raw_close_response(StatusCode::REQUEST_TIMEOUT)).unwrap_or_default();
+        let raw =
+            String::from_utf8(raw_close_response(StatusCode::REQUEST_TIMEOUT)).unwrap_or_default();
         assert_eq!(
             raw,
             "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n"

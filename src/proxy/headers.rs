@@ -143,7 +143,11 @@ pub fn rewrite_response(headers: &mut HeaderMap, switching: bool) {
 /// Sets `Host` for the chosen server where it depends on it: always with
 /// `host_header = "upstream"`, and with `"preserve"` when the client sent none (HTTP/1.0),
 /// since an HTTP/1.1 request needs one.
-pub fn set_upstream_host(headers: &mut HeaderMap, host_header: &HostHeader, authority: &HeaderValue) {
+pub fn set_upstream_host(
+    headers: &mut HeaderMap,
+    host_header: &HostHeader,
+    authority: &HeaderValue,
+) {
     match host_header {
         HostHeader::Upstream => {
             headers.insert(HOST, authority.clone());
@@ -192,7 +196,11 @@ fn join_values(headers: &HeaderMap, name: &HeaderName, last: &HeaderValue) -> He
 mod tests {
     use super::*;
 
-    fn fwd<'a>(trusted: bool, host_header: &'a HostHeader, _authority: &'a HeaderValue) -> Forwarding<'a> {
+    fn fwd<'a>(
+        trusted: bool,
+        host_header: &'a HostHeader,
+        _authority: &'a HeaderValue,
+    ) -> Forwarding<'a> {
         Forwarding {
             peer: "10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
             trusted,
@@ -228,7 +236,15 @@ mod tests {
         ]);
         let auth = HeaderValue::from_static("127.0.0.1:1");
         rewrite_request(&mut h, &fwd(false, &HostHeader::Preserve, &auth));
-        for gone in ["x-secret", "keep-alive", "te", "transfer-encoding", "upgrade", "proxy-connection", "trailer"] {
+        for gone in [
+            "x-secret",
+            "keep-alive",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-connection",
+            "trailer",
+        ] {
             assert!(!h.contains_key(gone), "{gone} should be gone");
         }
         assert_eq!(h["connection"], "keep-alive");
@@ -301,11 +317,18 @@ mod tests {
     fn websocket_and_close_and_set_headers() {
         let auth = HeaderValue::from_static("127.0.0.1:1");
         let preserve = HostHeader::Preserve;
-        let set = [(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"))];
+        let set = [(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("https"),
+        )];
         let mut f = fwd(false, &preserve, &auth);
         f.websocket = true;
         f.set_headers = &set;
-        let mut h = map(&[("host", "a"), ("upgrade", "websocket"), ("connection", "Upgrade")]);
+        let mut h = map(&[
+            ("host", "a"),
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+        ]);
         rewrite_request(&mut h, &f);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");

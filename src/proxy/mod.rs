@@ -145,7 +145,9 @@ async fn forward(
         // `Upgrade` header goes as the hop-by-hop header it is.
         _ => None,
     };
-    if key.is_some() && !websocket::origin_allowed(route.config.allowed_origins.as_deref(), req.headers()) {
+    if key.is_some()
+        && !websocket::origin_allowed(route.config.allowed_origins.as_deref(), req.headers())
+    {
         return Err(fail(ProxyError::OriginNotAllowed));
     }
 
@@ -155,7 +157,9 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
     // Kept for the tunnel's log line: the request as the client sent it.
-    let client_target = key.as_ref().map(|_| (parts.headers.get(HOST).cloned(), parts.uri.clone()));
+    let client_target = key
+        .as_ref()
+        .map(|_| (parts.headers.get(HOST).cloned(), parts.uri.clone()));
     parts.uri = route::upstream_uri(&route.config, &parts.uri);
     parts.version = Version::HTTP_11;
     // hyper's server-side extensions mean nothing to the upstream connection.
@@ -175,7 +179,11 @@ async fn forward(
 
     // Pick and connect: a connect failure marks the server and moves on (nothing was sent).
     let (server, sender) = connect_any(pool, &route.label).await.map_err(fail)?;
-    headers::set_upstream_host(&mut parts.headers, &route.config.host_header, &server.authority);
+    headers::set_upstream_host(
+        &mut parts.headers,
+        &route.config.host_header,
+        &server.authority,
+    );
     if let Some(access) = access {
         access.set_server(&server.label);
     }
@@ -183,16 +191,19 @@ async fn forward(
 
     // Send; from here on nothing is retried on another server.
     let read_timeout = route.config.read_timeout;
-    let (mut response, sender) = match tokio::time::timeout(read_timeout, send(sender, upstream_req, server, pool)).await {
-        Ok(result) => result.map_err(fail)?,
-        Err(_) => {
-            server.health.record_failure();
-            return Err(fail(ProxyError::ResponseTimeout(read_timeout)));
-        }
-    };
+    let (mut response, sender) =
+        match tokio::time::timeout(read_timeout, send(sender, upstream_req, server, pool)).await {
+            Ok(result) => result.map_err(fail)?,
+            Err(_) => {
+                server.health.record_failure();
+                return Err(fail(ProxyError::ResponseTimeout(read_timeout)));
+            }
+        };
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(key), Some(client_upgrade), Some((host, uri))) = (key, client_upgrade, client_target) else {
+        let (Some(key), Some(client_upgrade), Some((host, uri))) =
+            (key, client_upgrade, client_target)
+        else {
             return Err(fail(ProxyError::UnexpectedSwitch));
         };
         websocket::check_switch(response.headers(), &key).map_err(|bad| {
@@ -225,11 +236,17 @@ async fn forward(
     parts.version = client_version;
     headers::rewrite_response(&mut parts.headers, false);
     let release = pool.keepalive.then(|| (Arc::clone(&server.idle), sender));
-    Ok(Response::from_parts(parts, ResponseBody::upstream(body, release)))
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, release),
+    ))
 }
 
 /// The first candidate that can be reached, in balancing order, each tried once.
-async fn connect_any<'a>(pool: &'a Pool, route: &Arc<str>) -> Result<(&'a Arc<Server>, Sender), ProxyError> {
+async fn connect_any<'a>(
+    pool: &'a Pool,
+    route: &Arc<str>,
+) -> Result<(&'a Arc<Server>, Sender), ProxyError> {
     let mut last: Option<ConnectError> = None;
     for server in pool.candidates() {
         match server.connection(pool.connect_timeout).await {
@@ -272,10 +289,12 @@ async fn send(
         },
         Err(_) => req,
     };
-    let mut fresh = connect::open(server.addr, pool.connect_timeout).await.map_err(|err| {
-        server.health.record_failure();
-        ProxyError::AllServersFailed(err)
-    })?;
+    let mut fresh = connect::open(server.addr, pool.connect_timeout)
+        .await
+        .map_err(|err| {
+            server.health.record_failure();
+            ProxyError::AllServersFailed(err)
+        })?;
     match fresh.try_send_request(req).await {
         Ok(response) => Ok((response, fresh)),
         Err(err) => Err(ProxyError::Upstream(err.into_error())),
@@ -295,16 +314,20 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 pub fn error_response(status: StatusCode) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::fixed(status_body(status)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
 fn log_failure(err: &ProxyError, conn: &ConnContext, route: Option<&str>) {
     let route = route.unwrap_or("-");
     match err {
-        ProxyError::NoRoute | ProxyError::InvalidHandshake(_) | ProxyError::OriginNotAllowed | ProxyError::Draining => {
+        ProxyError::NoRoute
+        | ProxyError::InvalidHandshake(_)
+        | ProxyError::OriginNotAllowed
+        | ProxyError::Draining => {
             tracing::debug!(client = %conn.peer, route, cause = %err, "request refused");
         }
         _ => tracing::warn!(client = %conn.peer, route, cause = %err, "request failed"),

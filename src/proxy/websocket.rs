@@ -8,7 +8,9 @@
 //!   `Sec-WebSocket-Accept` derived from the request's key (§4.2.2 step 5.4).
 
 use base64::Engine as _;
-use http::header::{CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::header::{
+    CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
 use http::{HeaderMap, HeaderValue, Method, Version};
 
 /// What a request asks for, as far as upgrades go.
@@ -49,23 +51,37 @@ pub fn classify(method: &Method, version: Version, headers: &HeaderMap) -> Upgra
         return Upgrade::Other;
     }
     if method != Method::GET {
-        return Upgrade::InvalidWebSocket { reason: "method is not GET" };
+        return Upgrade::InvalidWebSocket {
+            reason: "method is not GET",
+        };
     }
     if version != Version::HTTP_11 {
-        return Upgrade::InvalidWebSocket { reason: "not HTTP/1.1" };
+        return Upgrade::InvalidWebSocket {
+            reason: "not HTTP/1.1",
+        };
     }
     let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
     match (versions.next(), versions.next()) {
         (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => {}
-        _ => return Upgrade::InvalidWebSocket { reason: "Sec-WebSocket-Version is not 13" },
+        _ => {
+            return Upgrade::InvalidWebSocket {
+                reason: "Sec-WebSocket-Version is not 13",
+            }
+        }
     }
     let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
     let key = match (keys.next(), keys.next()) {
         (Some(key), None) => key,
-        _ => return Upgrade::InvalidWebSocket { reason: "Sec-WebSocket-Key missing or repeated" },
+        _ => {
+            return Upgrade::InvalidWebSocket {
+                reason: "Sec-WebSocket-Key missing or repeated",
+            }
+        }
     };
     if !is_valid_key(key.as_bytes()) {
-        return Upgrade::InvalidWebSocket { reason: "Sec-WebSocket-Key is not base64 of 16 bytes" };
+        return Upgrade::InvalidWebSocket {
+            reason: "Sec-WebSocket-Key is not base64 of 16 bytes",
+        };
     }
     Upgrade::WebSocket { key: key.clone() }
 }
@@ -77,7 +93,10 @@ fn is_valid_key(key: &[u8]) -> bool {
         return false;
     }
     let mut out = [0u8; 18];
-    matches!(base64::engine::general_purpose::STANDARD.decode_slice(key, &mut out), Ok(16))
+    matches!(
+        base64::engine::general_purpose::STANDARD.decode_slice(key, &mut out),
+        Ok(16)
+    )
 }
 
 /// The `Sec-WebSocket-Accept` value that answers `key`.
@@ -101,7 +120,9 @@ pub fn check_switch(response: &HeaderMap, key: &HeaderValue) -> Result<(), BadSw
     }
     let mut accepts = response.get_all(SEC_WEBSOCKET_ACCEPT).iter();
     match (accepts.next(), accepts.next()) {
-        (Some(accept), None) if accept.as_bytes().trim_ascii() == accept_for(key).as_bytes() => Ok(()),
+        (Some(accept), None) if accept.as_bytes().trim_ascii() == accept_for(key).as_bytes() => {
+            Ok(())
+        }
         _ => Err(BadSwitch::Accept),
     }
 }
@@ -135,7 +156,10 @@ mod tests {
 
     #[test]
     fn rfc_6455_example_accept() {
-        assert_eq!(accept_for(&HeaderValue::from_static(KEY)), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_for(&HeaderValue::from_static(KEY)),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -148,7 +172,10 @@ mod tests {
         ];
         let get = Method::GET;
         let v11 = Version::HTTP_11;
-        assert!(matches!(classify(&get, v11, &headers(&valid)), Upgrade::WebSocket { .. }));
+        assert!(matches!(
+            classify(&get, v11, &headers(&valid)),
+            Upgrade::WebSocket { .. }
+        ));
         // Tokens over several lines, any case.
         let split = [
             ("upgrade", "WebSocket"),
@@ -157,30 +184,59 @@ mod tests {
             ("sec-websocket-version", "13"),
             ("sec-websocket-key", KEY),
         ];
-        assert!(matches!(classify(&get, v11, &headers(&split)), Upgrade::WebSocket { .. }));
-        assert_eq!(classify(&get, v11, &headers(&[("upgrade", "websocket")])), Upgrade::None);
-        assert_eq!(classify(&get, v11, &headers(&[("connection", "upgrade")])), Upgrade::None);
+        assert!(matches!(
+            classify(&get, v11, &headers(&split)),
+            Upgrade::WebSocket { .. }
+        ));
         assert_eq!(
-            classify(&get, v11, &headers(&[("upgrade", "h2c"), ("connection", "upgrade")])),
+            classify(&get, v11, &headers(&[("upgrade", "websocket")])),
+            Upgrade::None
+        );
+        assert_eq!(
+            classify(&get, v11, &headers(&[("connection", "upgrade")])),
+            Upgrade::None
+        );
+        assert_eq!(
+            classify(
+                &get,
+                v11,
+                &headers(&[("upgrade", "h2c"), ("connection", "upgrade")])
+            ),
             Upgrade::Other
         );
-        let no_key = [("upgrade", "websocket"), ("connection", "upgrade"), ("sec-websocket-version", "13")];
-        assert!(matches!(classify(&get, v11, &headers(&no_key)), Upgrade::InvalidWebSocket { .. }));
+        let no_key = [
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-version", "13"),
+        ];
+        assert!(matches!(
+            classify(&get, v11, &headers(&no_key)),
+            Upgrade::InvalidWebSocket { .. }
+        ));
         let short_key = [
             ("upgrade", "websocket"),
             ("connection", "upgrade"),
             ("sec-websocket-version", "13"),
             ("sec-websocket-key", "c2hvcnQ="),
         ];
-        assert!(matches!(classify(&get, v11, &headers(&short_key)), Upgrade::InvalidWebSocket { .. }));
+        assert!(matches!(
+            classify(&get, v11, &headers(&short_key)),
+            Upgrade::InvalidWebSocket { .. }
+        ));
         let v8 = [
             ("upgrade", "websocket"),
             ("connection", "upgrade"),
             ("sec-websocket-version", "8"),
             ("sec-websocket-key", KEY),
         ];
-        assert!(matches!(classify(&get, v11, &headers(&v8)), Upgrade::InvalidWebSocket { .. }));
-        assert!(matches!(classify(&Method::POST, v11, &headers(&valid)), Upgrade::InvalidWebSocket { .. }));
+        assert!(matches!(
+            classify(&get, v11, &headers(&v8)),
+            Upgrade::InvalidWebSocket { .. }
+        ));
+        assert!(matches!(
+            classify(&Method::POST, v11, &headers(&valid)),
+            Upgrade::InvalidWebSocket { .. }
+        ));
         assert!(matches!(
             classify(&get, Version::HTTP_10, &headers(&valid)),
             Upgrade::InvalidWebSocket { .. }
@@ -190,9 +246,15 @@ mod tests {
     #[test]
     fn switch_checks() {
         let key = HeaderValue::from_static(KEY);
-        let good = headers(&[("upgrade", "websocket"), ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")]);
+        let good = headers(&[
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ]);
         assert_eq!(check_switch(&good, &key), Ok(()));
-        let wrong = headers(&[("upgrade", "websocket"), ("sec-websocket-accept", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")]);
+        let wrong = headers(&[
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        ]);
         assert_eq!(check_switch(&wrong, &key), Err(BadSwitch::Accept));
         let missing = headers(&[("upgrade", "websocket")]);
         assert_eq!(check_switch(&missing, &key), Err(BadSwitch::Accept));

@@ -53,7 +53,9 @@ pub async fn serve(
         .header_read_timeout(None)
         .max_header_size(listener.max_header_bytes)
         .max_buf_size(DEFAULT_MAX_BUF.max(listener.max_header_bytes.saturating_add(1024)));
-    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

@@ -53,12 +53,10 @@ impl Server {
         let runtime = Runtime::build(&config).await?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
-            let bound = TcpListener::bind(listener.addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: listener.addr,
-                    source,
-                })?;
+            let bound = bind(listener.addr).map_err(|source| StartError::Bind {
+                addr: listener.addr,
+                source,
+            })?;
             listeners.push((bound, Arc::new(listener.clone())));
         }
         Ok(Server {
@@ -102,7 +100,9 @@ impl Server {
             shutdown_timeout = ?self.config.proxy.shutdown_timeout,
             "draining: no new connections; open requests and tunnels may finish"
         );
-        self.shutdown.drain(self.config.proxy.shutdown_timeout).await;
+        self.shutdown
+            .drain(self.config.proxy.shutdown_timeout)
+            .await;
         tracing::info!("stopped");
     }
 }
@@ -143,6 +143,26 @@ async fn accept_loop(
         }
     }
     // Dropping the listener closes the socket: new connections are refused from here on.
+}
+
+/// Listen backlog: room for a burst of reconnecting WebSocket clients after a deploy
+/// (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listening socket: `SO_REUSEADDR` (restart without waiting out TIME_WAIT) and,
+/// for IPv6 addresses, `IPV6_V6ONLY` as nginx does, so `[::]:80` and `0.0.0.0:80` can be
+/// separate listeners.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 fn is_resource_exhaustion(err: &io::Error) -> bool {

@@ -64,8 +64,10 @@ impl PassiveHealth {
         *fails += 1;
         if *fails >= self.max_fails {
             *fails = 0;
-            self.down_until
-                .store(now.saturating_add(self.fail_timeout_ms).max(1), Ordering::Relaxed);
+            self.down_until.store(
+                now.saturating_add(self.fail_timeout_ms).max(1),
+                Ordering::Relaxed,
+            );
             true
         } else {
             false

@@ -160,7 +160,10 @@ impl<'a> Iterator for Candidates<'a> {
     }
 }
 
-async fn resolve(cfg: &UpstreamConfig, server: &ServerConfig) -> Result<Vec<SocketAddr>, PoolError> {
+async fn resolve(
+    cfg: &UpstreamConfig,
+    server: &ServerConfig,
+) -> Result<Vec<SocketAddr>, PoolError> {
     if let Ok(ip) = server.host.parse::<std::net::IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, server.port)]);
     }

@@ -387,6 +387,8 @@ pub async fn ws_echo_backend() -> WsBackend {
 }
 
 /// A WebSocket echo server following `behaviour`.
+// tungstenite's handshake callback type fixes the large `Err` variant.
+#[allow(clippy::result_large_err)]
 pub async fn ws_backend(behaviour: WsBehaviour) -> WsBackend {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await

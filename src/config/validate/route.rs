@@ -193,6 +193,19 @@ impl Cx {
         for entry in &table.entries {
             let entry_path = join_key(&path, &entry.key);
             let name = match forms::settable_header(&entry.key) {
+                // Header names are case-insensitive: `X-A` and `x-a` are one header, and
+                // only the last would win, silently.
+                Ok(name) if headers.iter().any(|(seen, _)| *seen == name) => {
+                    self.problems.push(
+                        entry.key_span.clone(),
+                        entry_path.clone(),
+                        format!(
+                            "{} is set twice (header names ignore case; set it once)",
+                            entry.key
+                        ),
+                    );
+                    None
+                }
                 Ok(name) => Some(name),
                 Err(message) => {
                     self.problems

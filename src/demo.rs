@@ -64,7 +64,7 @@ pub struct Demo {
     stop: CancellationToken,
     /// The proxy's `run` task; it returns once drained.
     proxy: JoinHandle<()>,
-    /// Backend accept loops, their connections and their WebSocket sessions.
+    /// Backend accept loops, their connections and their WebSocket echo loops.
     backend_tasks: TaskTracker,
 }
 
@@ -106,6 +106,8 @@ impl Drop for Demo {
 pub async fn start(listen: SocketAddr) -> Result<Demo, StartError> {
     let stop = CancellationToken::new();
     let backend_tasks = TaskTracker::new();
+    // Any early return below stops the backends already started.
+    let stop_on_error = stop.clone().drop_guard();
 
     let mut backends = [SocketAddr::from((Ipv4Addr::LOCALHOST, 0)); 2];
     for (slot, name) in backends.iter_mut().zip(BACKEND_NAMES) {
@@ -132,15 +134,10 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, StartError> {
 
     let text = demo_config(listen, backends);
     let config = Config::from_toml(&text, Path::new("sluice-demo.toml"))?;
-    let server = match Server::bind(config).await {
-        Ok(server) => server,
-        Err(err) => {
-            stop.cancel();
-            return Err(err);
-        }
-    };
+    let server = Server::bind(config).await?;
     let addr = server.local_addrs().first().copied().unwrap_or(listen);
     let proxy = tokio::spawn(server.run(stop.clone().cancelled_owned()));
+    stop_on_error.disarm();
 
     Ok(Demo {
         addr,
@@ -417,6 +414,20 @@ mod tests {
         );
         assert!(text.contains(r#"addr = "127.0.0.1:8080""#));
         assert!(text.contains(r#"servers = ["127.0.0.1:4001", "127.0.0.1:4002"]"#));
+    }
+
+    #[test]
+    fn embedded_config_is_valid() {
+        let text = demo_config(
+            "127.0.0.1:0".parse().expect("addr"),
+            [
+                "127.0.0.1:4001".parse().expect("addr"),
+                "127.0.0.1:4002".parse().expect("addr"),
+            ],
+        );
+        if let Err(err) = Config::from_toml(&text, Path::new("sluice-demo.toml")) {
+            panic!("the demo config is refused:\n{err}");
+        }
     }
 
     #[test]

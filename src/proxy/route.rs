@@ -40,7 +40,7 @@ fn precedence(route: &RouteConfig) -> (u8, usize, usize) {
 impl Router {
     pub fn new(mut routes: Vec<Route>) -> Router {
         // Stable: among equals, the file's order decides.
-        routes.sort_by(|a, b| precedence(&b.config).cmp(&precedence(&a.config)));
+        routes.sort_by_key(|r| std::cmp::Reverse(precedence(&r.config)));
         Router { routes }
     }
 

@@ -15,18 +15,21 @@ pub struct Limits {
     per_ip: Option<PerIp>,
 }
 
+/// Open connections per client address. Touched once per accepted connection and once when
+/// it closes; never per request.
+type OpenPerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 #[derive(Debug)]
 struct PerIp {
     max: usize,
-    /// Touched once per accepted connection and once when it closes; never per request.
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    open: OpenPerIp,
 }
 
 /// A connection's place under the limits.
 #[derive(Debug)]
 pub struct ConnPermit {
     _global: OwnedSemaphorePermit,
-    per_ip: Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    per_ip: Option<(IpAddr, OpenPerIp)>,
 }
 
 impl Limits {

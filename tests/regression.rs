@@ -1,0 +1,149 @@
+//! Regressions: behaviours that broke once while sluice was being built, each pinned here.
+//!
+//! - `keep_alive_survives_empty_body_answers`: answers without a body (a `204`, a `304`, and
+//!   sluice's own `404`) leave the connection serving further requests, and none of them
+//!   is mistaken for a parse error.
+//! - `pipelined_requests_are_answered_in_order`: several requests in one write.
+//! - `head_timer_restarts_after_each_answer`: a client that pauses between requests for
+//!   less than `header_timeout` each time keeps its connection, and a pause longer than it
+//!   closes an idle connection quietly (no `408`).
+//! - `error_bodies_are_one_line`: `400` and `431` written by the HTTP parser carry sluice's
+//!   one-line body, like every other error sluice answers itself.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+async fn status_backend() -> HttpBackend {
+    http_backend(|seen| async move {
+        match seen.uri.path() {
+            "/204" => text(204, ""),
+            "/304" => text(304, ""),
+            _ => text(200, "ok"),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn keep_alive_survives_empty_body_answers() {
+    let backend = status_backend().await;
+    let proxy = spawn_proxy(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{}"]
+
+[[route]]
+path = "/app"
+upstream = "app"
+strip_prefix = true
+"#,
+        backend.addr
+    ))
+    .await;
+
+    let mut client = RawClient::connect(proxy.addr).await;
+    for (path, status) in [
+        ("/app/204", 204),
+        ("/nowhere", 404),
+        ("/app/304", 304),
+        ("/app/x", 200),
+    ] {
+        client
+            .send(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n"))
+            .await;
+        let response = client.read_response().await;
+        assert_eq!(response.status, status, "GET {path}: {}", response.text());
+        assert!(
+            !response.has_header("connection") || response.header("connection") != Some("close"),
+            "GET {path} closed the connection: {}",
+            response.text()
+        );
+    }
+    assert_eq!(backend.count(), 3);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let backend = status_backend().await;
+    let proxy = spawn_proxy(&one_route(&[backend.addr], "")).await;
+
+    let mut client = RawClient::connect(proxy.addr).await;
+    client
+        .send(
+            "GET /a HTTP/1.1\r\nHost: h\r\n\r\n\
+             GET /204 HTTP/1.1\r\nHost: h\r\n\r\n\
+             GET /c HTTP/1.1\r\nHost: h\r\n\r\n",
+        )
+        .await;
+    let statuses = [
+        client.read_response().await.status,
+        client.read_response().await.status,
+        client.read_response().await.status,
+    ];
+    assert_eq!(statuses, [200, 204, 200]);
+    let paths: Vec<String> = backend
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_owned())
+        .collect();
+    assert_eq!(paths, ["/a", "/204", "/c"]);
+}
+
+#[tokio::test]
+async fn head_timer_restarts_after_each_answer() {
+    let backend = status_backend().await;
+    let mut toml = one_route(&[backend.addr], "");
+    toml = toml.replace(
+        "addr = \"127.0.0.1:0\"",
+        "addr = \"127.0.0.1:0\"\nheader_timeout = \"600ms\"",
+    );
+    let proxy = spawn_proxy(&toml).await;
+
+    let mut client = RawClient::connect(proxy.addr).await;
+    // Three requests 400 ms apart: 1.2 s in all, twice the timeout, yet each head comes
+    // within 600 ms of the previous answer.
+    for _ in 0..3 {
+        client.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+        assert_eq!(client.read_response().await.status, 200);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // Then silence: the idle keep-alive connection is closed without a 408.
+    let rest = client.read_to_close(Duration::from_secs(3)).await;
+    assert!(
+        rest.is_empty(),
+        "an idle keep-alive connection got bytes before closing: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[tokio::test]
+async fn error_bodies_are_one_line() {
+    let backend = status_backend().await;
+    let mut toml = one_route(&[backend.addr], "");
+    toml = toml.replace(
+        "addr = \"127.0.0.1:0\"",
+        "addr = \"127.0.0.1:0\"\nmax_header_bytes = 2048",
+    );
+    let proxy = spawn_proxy(&toml).await;
+
+    let bad = raw_response(proxy.addr, "GET / HTTP/1.1\r\nHost h\r\n\r\n").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.body_str(), "bad request\n");
+
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(4096)
+    );
+    let too_large = raw_response(proxy.addr, big).await;
+    assert_eq!(too_large.status, 431);
+    assert_eq!(too_large.body_str(), "request header fields too large\n");
+
+    // The proxy still serves.
+    assert_eq!(http_get(proxy.addr, "h", "/").await.status, 200);
+}

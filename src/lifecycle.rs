@@ -1,11 +1,14 @@
-//! `sluice run`: load the config, bind, serve, and drain on SIGTERM/SIGINT.
+//! `sluice run`: load the config, bind, serve; SIGHUP reloads, SIGTERM/SIGINT drain; and
+//! systemd hears about each step when it asked to (`NOTIFY_SOCKET`).
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
 use crate::config::{Config, ConfigError};
-use crate::server::Server;
+use crate::server::{Running, Server};
 use crate::upstream::PoolError;
 
 /// Why sluice could not start. Each renders as one clear line (a config error as its list
@@ -39,40 +42,88 @@ pub fn tokio_runtime() -> Result<tokio::runtime::Runtime, StartError> {
         .map_err(StartError::Runtime)
 }
 
-/// Runs the proxy from a config file until SIGTERM or SIGINT, then drains.
+/// Runs the proxy from a config file until SIGTERM or SIGINT, then drains. SIGHUP reads
+/// the file again and, if it is valid, takes it over.
 ///
 /// # Errors
 /// The config is invalid, or the proxy cannot start; nothing was served then.
 pub fn run_from_file(path: &Path) -> Result<(), StartError> {
     let config = Config::load(path)?;
     tokio_runtime()?.block_on(async move {
-        let stop = stop_signal()?;
-        ignore_reload_signal()?;
-        let server = Server::bind(config).await?;
-        server.run(stop).await;
+        let mut signals = Signals::install()?;
+        let running = Server::bind(config).await?.start();
+        systemd::notify_ready();
+        loop {
+            match signals.next().await {
+                Event::Reload => reload(&running, path).await,
+                Event::Stop(name) => {
+                    tracing::info!(signal = name, "shutting down");
+                    break;
+                }
+            }
+        }
+        systemd::notify_stopping();
+        running.drain().await;
         Ok(())
     })
 }
 
-/// SIGHUP's default action would kill the process, and `systemctl reload` sends it: until
-/// reloading is built, it is caught and logged, and the running config stays.
-fn ignore_reload_signal() -> Result<(), StartError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::warn!("SIGHUP: reloading is not supported yet; the running config stays");
+/// One SIGHUP: validate the file again and take it over, or keep the running config.
+async fn reload(running: &Running, path: &Path) {
+    systemd::notify_reloading();
+    tracing::info!(config = %path.display(), "SIGHUP: reloading");
+    match Config::load(path) {
+        Err(err) => {
+            for line in err.to_string().lines() {
+                tracing::error!(problem = line, "reload failed, the running config stays");
+            }
         }
-    });
-    Ok(())
+        Ok(config) => match running.reload(config).await {
+            Ok(()) => tracing::info!("reloaded"),
+            Err(err) => {
+                tracing::error!(cause = %err, "reload failed, the running config stays");
+            }
+        },
+    }
+    systemd::notify_ready();
 }
 
-/// A future that resolves on the first SIGTERM or SIGINT.
+/// The signals `sluice run` acts on.
+enum Event {
+    Reload,
+    Stop(&'static str),
+}
+
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, StartError> {
+        let install = |kind| signal(kind).map_err(StartError::Signals);
+        Ok(Signals {
+            hup: install(SignalKind::hangup())?,
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> Event {
+        tokio::select! {
+            _ = self.hup.recv() => Event::Reload,
+            _ = self.term.recv() => Event::Stop("SIGTERM"),
+            _ = self.int.recv() => Event::Stop("SIGINT"),
+        }
+    }
+}
+
+/// A future that resolves on the first SIGTERM or SIGINT (for `sluice demo`).
 ///
 /// # Errors
 /// The handlers cannot be installed.
 pub fn stop_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static, StartError> {
-    use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
     Ok(async move {
@@ -82,4 +133,35 @@ pub fn stop_signal() -> Result<impl std::future::Future<Output = ()> + Send + 's
         };
         tracing::info!(signal = name, "shutting down");
     })
+}
+
+/// sd_notify(3) messages. Without `NOTIFY_SOCKET` each is a no-op, and a failure to
+/// notify is logged, never fatal: the proxy serves either way.
+mod systemd {
+    use sd_notify::NotifyState;
+
+    fn send(states: &[NotifyState<'_>]) {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return;
+        }
+        if let Err(err) = sd_notify::notify(states) {
+            tracing::warn!(cause = %err, "cannot notify systemd");
+        }
+    }
+
+    pub fn notify_ready() {
+        send(&[NotifyState::Ready]);
+    }
+
+    /// `Type=notify-reload` wants the reload's start time with `RELOADING=1`.
+    pub fn notify_reloading() {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => send(&[NotifyState::Reloading, now]),
+            Err(_) => send(&[NotifyState::Reloading]),
+        }
+    }
+
+    pub fn notify_stopping() {
+        send(&[NotifyState::Stopping]);
+    }
 }

@@ -1,7 +1,8 @@
 //! Listeners and client connections.
 //!
-//! [`Server::bind`] binds every listener and builds the runtime state; [`Server::run`]
-//! accepts until told to stop, then drains. Each accepted connection gets a permit under
+//! [`Server::bind`] binds every listener and builds the runtime state; [`Server::start`]
+//! accepts, [`Running::reload`] takes a new config without touching open connections, and
+//! [`Running::drain`] stops. Each accepted connection gets a permit under
 //! the connection limits, or a `503` written straight to the socket.
 
 pub mod conn;
@@ -11,13 +12,14 @@ pub mod limits;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ListenerConfig};
 use crate::lifecycle::StartError;
@@ -38,10 +40,29 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// A bound, ready-to-run proxy.
 pub struct Server {
     config: Config,
-    listeners: Vec<(TcpListener, Arc<ListenerConfig>)>,
+    listeners: Vec<(TcpListener, ListenerConfig)>,
+    shared: Arc<Shared>,
+}
+
+/// What every listener and connection reads, swapped whole on reload so that the accept
+/// and request paths never wait on a lock.
+struct Shared {
     runtime: Arc<ArcSwap<Runtime>>,
-    limits: Arc<Limits>,
+    limits: ArcSwap<Limits>,
     shutdown: Shutdown,
+}
+
+/// Why a reload was refused. The running config stays in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Pool(#[from] crate::upstream::PoolError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl Server {
@@ -57,17 +78,17 @@ impl Server {
                 addr: listener.addr,
                 source,
             })?;
-            listeners.push((bound, Arc::new(listener.clone())));
+            listeners.push((bound, listener.clone()));
         }
+        let shared = Arc::new(Shared {
+            runtime: Arc::new(ArcSwap::from_pointee(runtime)),
+            limits: ArcSwap::from_pointee(limits_of(&config)),
+            shutdown: Shutdown::new(),
+        });
         Ok(Server {
-            limits: Arc::new(Limits::new(
-                config.proxy.max_connections,
-                config.proxy.max_connections_per_ip,
-            )),
             config,
             listeners,
-            runtime: Arc::new(ArcSwap::from_pointee(runtime)),
-            shutdown: Shutdown::new(),
+            shared,
         })
     }
 
@@ -75,58 +96,180 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, cfg)| l.local_addr().ok().or(Some(cfg.addr)))
+            .map(|(l, cfg)| l.local_addr().unwrap_or(cfg.addr))
             .collect()
+    }
+
+    /// Starts accepting on every listener.
+    pub fn start(self) -> Running {
+        let mut listeners = Vec::with_capacity(self.listeners.len());
+        for (listener, cfg) in self.listeners {
+            listeners.push(ListenerHandle::spawn(listener, cfg, &self.shared));
+        }
+        Running {
+            shared: self.shared,
+            state: Mutex::new(RunningState {
+                listeners,
+                shutdown_timeout: self.config.proxy.shutdown_timeout,
+            }),
+        }
     }
 
     /// Serves until `shutdown` resolves, then drains: stops accepting, lets requests finish
     /// and tunnels run until `shutdown_timeout`, closes what is left, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        for (listener, cfg) in self.listeners {
-            match listener.local_addr() {
-                Ok(addr) => tracing::info!(%addr, "listening"),
-                Err(_) => tracing::info!(addr = %cfg.addr, "listening"),
-            }
-            tokio::spawn(accept_loop(
-                listener,
-                cfg,
-                Arc::clone(&self.runtime),
-                Arc::clone(&self.limits),
-                self.shutdown.clone(),
-            ));
-        }
+        let running = self.start();
         shutdown.await;
+        running.drain().await;
+    }
+}
+
+/// A serving proxy: it can take a new config, and be drained.
+pub struct Running {
+    shared: Arc<Shared>,
+    /// Touched only by reload and drain, never by the request path.
+    state: Mutex<RunningState>,
+}
+
+struct RunningState {
+    listeners: Vec<ListenerHandle>,
+    shutdown_timeout: Duration,
+}
+
+impl Running {
+    /// The addresses listened on, in listener order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.listeners.iter().map(|l| l.local).collect()
+    }
+
+    /// Takes over `config`: new listeners are bound, removed ones closed, kept ones take
+    /// their new settings; routes, pools and limits are swapped at once. Open connections
+    /// and tunnels carry on untouched with what they started with.
+    ///
+    /// # Errors
+    /// A hostname does not resolve or a new address cannot be bound; then nothing changes.
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let runtime = Runtime::build(&config).await?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Bind every new address first, so a failure leaves everything as it was.
+        let mut fresh = Vec::new();
+        for cfg in &config.listeners {
+            if state.listeners.iter().any(|l| l.addr() == cfg.addr) {
+                continue;
+            }
+            let bound = bind(cfg.addr).map_err(|source| ReloadError::Bind {
+                addr: cfg.addr,
+                source,
+            })?;
+            fresh.push((bound, cfg.clone()));
+        }
+        self.shared.runtime.store(Arc::new(runtime));
+        self.shared.limits.store(Arc::new(limits_of(&config)));
+        let mut kept = Vec::with_capacity(config.listeners.len());
+        for old in state.listeners.drain(..) {
+            match config.listeners.iter().find(|c| c.addr == old.addr()) {
+                Some(cfg) => {
+                    old.config.store(Arc::new(cfg.clone()));
+                    kept.push(old);
+                }
+                None => {
+                    tracing::info!(addr = %old.local, "listener removed");
+                    old.close();
+                }
+            }
+        }
+        for (listener, cfg) in fresh {
+            kept.push(ListenerHandle::spawn(listener, cfg, &self.shared));
+        }
+        state.listeners = kept;
+        state.shutdown_timeout = config.proxy.shutdown_timeout;
+        Ok(())
+    }
+
+    /// Stops accepting, lets requests finish and tunnels run until `shutdown_timeout`,
+    /// then closes what is left.
+    pub async fn drain(self) {
+        let timeout = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.shutdown_timeout
+        };
         tracing::info!(
-            shutdown_timeout = ?self.config.proxy.shutdown_timeout,
+            shutdown_timeout = ?timeout,
             "draining: no new connections; open requests and tunnels may finish"
         );
-        self.shutdown
-            .drain(self.config.proxy.shutdown_timeout)
-            .await;
+        self.shared.shutdown.drain(timeout).await;
         tracing::info!("stopped");
     }
 }
 
+/// One listening socket's accept loop, and the settings its new connections get.
+struct ListenerHandle {
+    /// Bound address (port 0 resolved).
+    local: SocketAddr,
+    /// Settings for new connections; replaced on reload.
+    config: Arc<ArcSwap<ListenerConfig>>,
+    /// Closes this listener alone (removed by a reload).
+    stop: CancellationToken,
+}
+
+impl ListenerHandle {
+    fn spawn(listener: TcpListener, cfg: ListenerConfig, shared: &Arc<Shared>) -> ListenerHandle {
+        let local = listener.local_addr().unwrap_or(cfg.addr);
+        tracing::info!(addr = %local, "listening");
+        let config = Arc::new(ArcSwap::from_pointee(cfg));
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&config),
+            Arc::clone(shared),
+            stop.clone(),
+        ));
+        ListenerHandle {
+            local,
+            config,
+            stop,
+        }
+    }
+
+    /// The address as configured (`127.0.0.1:0` stays that, whatever port it got), which
+    /// is what a reload compares.
+    fn addr(&self) -> SocketAddr {
+        self.config.load().addr
+    }
+
+    fn close(self) {
+        self.stop.cancel();
+    }
+}
+
+fn limits_of(config: &Config) -> Limits {
+    Limits::new(
+        config.proxy.max_connections,
+        config.proxy.max_connections_per_ip,
+    )
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    cfg: Arc<ListenerConfig>,
-    runtime: Arc<ArcSwap<Runtime>>,
-    limits: Arc<Limits>,
-    shutdown: Shutdown,
+    cfg: Arc<ArcSwap<ListenerConfig>>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
 ) {
     loop {
         let accepted = tokio::select! {
-            () = shutdown.draining() => break,
+            () = shared.shutdown.draining() => break,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => match limits.admit(peer.ip()) {
-                Some(permit) => shutdown.spawn(conn::serve(
+            Ok((stream, peer)) => match shared.limits.load().admit(peer.ip()) {
+                Some(permit) => shared.shutdown.spawn(conn::serve(
                     stream,
                     peer,
-                    Arc::clone(&cfg),
-                    Arc::clone(&runtime),
-                    shutdown.clone(),
+                    cfg.load_full(),
+                    Arc::clone(&shared.runtime),
+                    shared.shutdown.clone(),
                     permit,
                 )),
                 None => {
@@ -135,7 +278,7 @@ async fn accept_loop(
                 }
             },
             Err(err) => {
-                tracing::warn!(addr = %cfg.addr, cause = %err, "accept failed");
+                tracing::warn!(addr = %cfg.load().addr, cause = %err, "accept failed");
                 if is_resource_exhaustion(&err) {
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }

@@ -11,9 +11,11 @@
 //! - `all_servers_down_is_502`
 //! - `connect_timeout_is_504`
 //! - `read_timeout_is_504`
+//! - `request_already_sent_is_never_retried`
 //!
 //! Connect timeouts are produced on loopback only, with [`Blackhole`]: a listener whose
-//! accept queue is full, so the kernel drops further SYNs and connects hang.
+//! accept queue is full, so the kernel drops further SYNs and connects hang (Linux only:
+//! those tests are compiled for Linux alone).
 
 mod support;
 
@@ -146,6 +148,7 @@ async fn timed_picks(proxy: SocketAddr, n: usize) -> Vec<Duration> {
     times
 }
 
+#[cfg(target_os = "linux")] // Blackhole relies on Linux dropping SYNs
 #[tokio::test]
 async fn max_fails_keeps_a_failed_server_out_for_fail_timeout() {
     // Every attempt on the blackholed server costs a full connect_timeout, so the number
@@ -170,6 +173,7 @@ async fn max_fails_keeps_a_failed_server_out_for_fail_timeout() {
     );
 }
 
+#[cfg(target_os = "linux")] // Blackhole relies on Linux dropping SYNs
 #[tokio::test]
 async fn max_fails_zero_keeps_trying_the_failed_server() {
     let hole = Blackhole::new();
@@ -247,6 +251,7 @@ async fn all_servers_down_is_502() {
     assert_eq!(r.status, 502, "{}", r.text());
 }
 
+#[cfg(target_os = "linux")] // Blackhole relies on Linux dropping SYNs
 #[tokio::test]
 async fn connect_timeout_is_504() {
     let hole = Blackhole::new();
@@ -294,4 +299,34 @@ async fn read_timeout_is_504() {
     );
     // A request already sent upstream is never retried.
     assert_eq!(silent.connections(), 1);
+}
+
+#[tokio::test]
+async fn request_already_sent_is_never_retried() {
+    // Reads the request, then hangs up without answering: not a connect failure.
+    let dropper = raw_backend(|mut s| async move {
+        let _ = read_head(&mut s).await;
+    })
+    .await;
+    let live = named_backend("live").await;
+    let proxy = spawn_proxy(&pool(
+        &format!(r#""{}", "{}""#, dropper.addr, live.addr),
+        "",
+        "",
+    ))
+    .await;
+
+    // Round robin sends one of the two requests to each server.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(http_get(proxy.addr, "h", "/").await.status);
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 502]);
+    assert_eq!(live.count(), 1, "the dropped request was retried on live");
+    assert_eq!(
+        dropper.connections(),
+        1,
+        "the dropped request was sent again"
+    );
 }

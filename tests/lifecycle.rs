@@ -9,6 +9,7 @@
 //! - `sigterm_drains_an_open_tunnel_until_shutdown_timeout`
 //! - `address_in_use_exits_1_with_one_line`
 //! - `json_log_format_writes_json_lines_with_an_access_line`
+//! - `sigint_drains_too_and_log_format_goes_before_the_subcommand`
 //!
 //! In-process
 //! - `drain_completes_in_flight_request_and_refuses_new_connections`
@@ -173,12 +174,26 @@ upstream = "app"
 
 #[tokio::test]
 async fn json_log_format_writes_json_lines_with_an_access_line() {
-    let backend = named_backend("ok").await;
-    let (addr, config) = binary_config(backend.addr, "");
+    let backend = ws_echo_backend().await;
+    // The tunnel below is closed before SIGTERM; the short timeout only bounds a failure.
+    let (addr, config) = binary_config(backend.addr, r#"shutdown_timeout = "3s""#);
     let daemon = start_daemon("json-log", &config, addr, &["--log-format", "json"]).await;
 
+    // A plain request (the echo backend refuses it, which is still an answer to log)...
     let r = http_get(addr, "json.example", "/hello?x=1").await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(r.status, 503, "{}", r.text());
+    // ...and a tunnel, closed cleanly from the client side.
+    let (mut ws, _) = ws_connect(&format!("ws://{addr}/chat"), &[])
+        .await
+        .expect("handshake");
+    within(WAIT, ws.send(Message::Text("x".into())))
+        .await
+        .unwrap();
+    within(WAIT, ws.next()).await.unwrap().unwrap();
+    within(WAIT, ws.close(None)).await.unwrap();
+    while let Some(Ok(_)) = within(WAIT, ws.next()).await {}
+    drop(ws);
+
     daemon.sigterm();
     let exit = daemon.wait_exit(WAIT).await;
     assert_eq!(exit.code, Some(0), "{exit}");
@@ -200,9 +215,10 @@ async fn json_log_format_writes_json_lines_with_an_access_line() {
         })
         .unwrap_or_else(|| panic!("no access line for /hello{exit}"));
     let status = &hit["status"];
+    let want = r.status;
     assert!(
-        status == 200 || status == "200",
-        "access line status: {hit}"
+        status.as_u64() == Some(u64::from(want)) || status.as_str() == Some(&want.to_string()),
+        "access line status {status}, the client got {want}: {hit}"
     );
     assert_eq!(hit["method"], "GET", "{hit}");
     for field in [
@@ -215,6 +231,42 @@ async fn json_log_format_writes_json_lines_with_an_access_line() {
         "bytes_out",
     ] {
         assert!(!hit[field].is_null(), "access line lacks {field}: {hit}");
+    }
+    let tunnel = access
+        .iter()
+        .find(|v| v["kind"] == "tunnel")
+        .unwrap_or_else(|| panic!("no access line for the tunnel{exit}"));
+    assert!(
+        tunnel["path"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("/chat"),
+        "{tunnel}"
+    );
+}
+
+#[tokio::test]
+async fn sigint_drains_too_and_log_format_goes_before_the_subcommand() {
+    let backend = named_backend("ok").await;
+    let (addr, config) = binary_config(backend.addr, "");
+    let path = temp_config("sigint", &config);
+    let path = path.to_str().unwrap().to_owned();
+    let mut daemon = Daemon::start(&["--log-format", "json", "run", "-c", &path]);
+    daemon.wait_listening(addr).await;
+    assert_eq!(http_get(addr, "h", "/").await.status, 200);
+
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &daemon.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let exit = daemon.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(exit.code, Some(0), "{exit}");
+    for line in exit.stderr.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON line: {line:?}{exit}"
+        );
     }
 }
 

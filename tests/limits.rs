@@ -8,6 +8,7 @@
 //! - `malformed_request_line_gets_400`
 //! - `max_connections_third_connection_gets_503`
 //! - `max_connections_per_ip_second_connection_gets_503`
+//! - `an_open_tunnel_holds_its_per_ip_connection_slot`
 //! - `slowloris_does_not_block_other_clients`
 
 mod support;
@@ -212,4 +213,39 @@ async fn slowloris_does_not_block_other_clients() {
     // The slow ones are still waiting (not yet timed out, not served).
     let (got, closed) = slow[0].idle_read(Duration::from_millis(100)).await;
     assert!(got.is_empty() && !closed);
+}
+
+#[tokio::test]
+async fn an_open_tunnel_holds_its_per_ip_connection_slot() {
+    let backend = ws_echo_backend().await;
+    let proxy = spawn_proxy(&format!(
+        r#"
+[proxy]
+max_connections_per_ip = 1
+
+[[listener]]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{}"]
+
+[[route]]
+upstream = "app"
+"#,
+        backend.addr
+    ))
+    .await;
+
+    let (ws, _) = ws_connect(&format!("ws://{}/", proxy.addr), &[])
+        .await
+        .expect("handshake");
+    assert_503_and_closed(proxy.addr).await;
+
+    drop(ws);
+    eventually(
+        WAIT,
+        "a new connection is served after the tunnel closed",
+        || is_served(proxy.addr),
+    )
+    .await;
 }

@@ -80,7 +80,11 @@ async fn echo_text_and_binary_through_proxy() {
         assert_eq!(got.expect("stream ended").expect("read"), *m);
     }
     within(WAIT, ws.close(None)).await.unwrap();
+    while let Some(Ok(_)) = within(WAIT, ws.next()).await {}
+    drop(ws);
     assert_eq!(backend.count(), 1);
+    // With the tunnel closed on both sides, nothing holds the drain up.
+    within(Duration::from_secs(3), proxy.shutdown()).await;
 }
 
 #[tokio::test]

@@ -2,33 +2,41 @@
 //! closes (a half-close is passed on), `idle_timeout` passes with no byte moving, or
 //! `shutdown_timeout` cuts it.
 //!
-//! Both sides are hyper's `Upgraded`, which first yields any bytes read past the handshake
-//! (RFC 9931: what the client sent right after its handshake, or the server right after its
-//! `101`), so nothing is lost. `copy_bidirectional` already passes half-closes on; a thin
-//! I/O adapter adds what it lacks: an activity stamp for the idle timer and byte counts.
+//! Tunnels are long-lived and mostly idle, so an idle tunnel holds no buffer: the copy
+//! waits for readiness on the raw sockets, then reads into a per-thread scratch buffer and
+//! writes straight on. Only bytes the destination could not take yet are kept, in a buffer
+//! of their own that is freed once written. hyper's `Upgraded` is unwrapped to the plain
+//! `TcpStream`s first, and the bytes hyper had already read past each head (RFC 9931: what
+//! the client sent right after its handshake, or the server right after its `101`) are
+//! forwarded before anything else, so nothing is lost.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Shutdown as HalfClose, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Uri};
-use hyper::upgrade::OnUpgrade;
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::server::head::ClientIo;
 use crate::server::limits::ConnPermit;
 use crate::shutdown::Shutdown;
 
 /// One WebSocket tunnel about to open: who it is for and how long it may idle.
 pub struct Tunnel {
     pub client: SocketAddr,
-    pub host: Option<HeaderValue>,
-    pub uri: Uri,
+    /// The request's Host and target, copied out of hyper's read buffer (holding a slice of
+    /// it would keep the whole buffer alive for the tunnel's life).
+    pub host: Box<str>,
+    pub path: Box<str>,
     pub route: Arc<str>,
     pub server: Arc<str>,
     pub idle_timeout: Duration,
@@ -66,16 +74,28 @@ impl Tunnel {
                 return;
             }
         };
+        let (Some((client, from_client)), Some((upstream, from_upstream))) =
+            (client_socket(client), upstream_socket(upstream))
+        else {
+            // Both types are fixed by this crate; reaching this is a bug, not a peer's doing.
+            tracing::error!(client = %self.client, route = &*self.route, "tunnel sockets are not plain TCP");
+            return;
+        };
         let start = Instant::now();
         let activity = Activity {
             start,
             last_ms: AtomicU64::new(0),
         };
-        let mut client = Metered::new(TokioIo::new(client), &activity);
-        let mut upstream = Metered::new(TokioIo::new(upstream), &activity);
+        let mut copy = Copy {
+            client: &client,
+            upstream: &upstream,
+            up: Direction::new(from_client),
+            down: Direction::new(from_upstream),
+            activity: &activity,
+        };
         let end = tokio::select! {
-            result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {
-                Ok(_) => End::Closed,
+            result = &mut copy => match result {
+                Ok(()) => End::Closed,
                 Err(err) => {
                     tracing::debug!(client = %self.client, route = &*self.route, cause = %err, "tunnel ended with an error");
                     End::Error
@@ -88,17 +108,29 @@ impl Tunnel {
             target: "access",
             kind = "tunnel",
             client = %self.client,
-            host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
-            path = %self.uri,
+            host = &*self.host,
+            path = &*self.path,
             status = 101,
             route = &*self.route,
             server = &*self.server,
             duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
-            bytes_in = client.bytes,
-            bytes_out = upstream.bytes,
+            bytes_in = copy.up.bytes,
+            bytes_out = copy.down.bytes,
             end = end.as_str(),
         );
     }
+}
+
+/// The client's socket and the bytes hyper read past the handshake.
+fn client_socket(upgraded: Upgraded) -> Option<(TcpStream, Bytes)> {
+    let parts = upgraded.downcast::<TokioIo<ClientIo>>().ok()?;
+    Some((parts.io.into_inner().into_stream(), parts.read_buf))
+}
+
+/// The upstream's socket and the bytes hyper read past its `101`.
+fn upstream_socket(upgraded: Upgraded) -> Option<(TcpStream, Bytes)> {
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    Some((parts.io.into_inner(), parts.read_buf))
 }
 
 /// When a byte last moved in either direction, in milliseconds since the tunnel opened.
@@ -126,54 +158,134 @@ impl Activity {
     }
 }
 
-/// Counts the bytes read from one side and stamps activity.
-struct Metered<'a, T> {
-    io: T,
-    activity: &'a Activity,
+/// Scratch space for one read, per worker thread. 64 KiB covers a large WebSocket frame
+/// in one read while costing one allocation per thread rather than one per tunnel.
+const SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
+}
+
+/// How many reads one direction may do in one poll before yielding, so a firehose tunnel
+/// cannot starve the other tasks of its worker thread.
+const READS_PER_POLL: usize = 16;
+
+/// One direction of the copy.
+struct Direction {
+    /// Bytes read but not yet written: hyper's pre-read bytes at first, later whatever the
+    /// destination could not take at once. Empty (and unallocated) almost always.
+    pending: Bytes,
+    /// The source reached end of stream.
+    eof: bool,
+    /// The destination's write side is shut down (the end of stream passed on).
+    finished: bool,
     bytes: u64,
 }
 
-impl<'a, T> Metered<'a, T> {
-    fn new(io: T, activity: &'a Activity) -> Self {
-        Metered {
-            io,
-            activity,
-            bytes: 0,
+impl Direction {
+    fn new(pending: Bytes) -> Direction {
+        Direction {
+            bytes: pending.len() as u64,
+            pending,
+            eof: false,
+            finished: false,
         }
     }
-}
 
-impl<T: AsyncRead + Unpin> AsyncRead for Metered<'_, T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+    /// Moves bytes from `src` to `dst` until one would block or the source ends.
+    fn poll(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        activity: &Activity,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            self.bytes += read as u64;
-            self.activity.touch();
+        let mut reads = 0;
+        loop {
+            while !self.pending.is_empty() {
+                std::task::ready!(dst.poll_write_ready(cx))?;
+                match dst.try_write(&self.pending) {
+                    Ok(n) => {
+                        let _ = self.pending.split_to(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if self.eof {
+                if !self.finished {
+                    self.finished = true;
+                    // The other direction may still be talking: pass the half-close on.
+                    match socket2::SockRef::from(dst).shutdown(HalfClose::Write) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if reads == READS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            std::task::ready!(src.poll_read_ready(cx))?;
+            reads += 1;
+            let moved = SCRATCH_BUF.with_borrow_mut(|buf| -> io::Result<()> {
+                let n = match src.try_read(buf) {
+                    Ok(0) => {
+                        self.eof = true;
+                        return Ok(());
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                self.bytes += n as u64;
+                activity.touch();
+                let written = match dst.try_write(&buf[..n]) {
+                    Ok(written) => written,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => return Err(e),
+                };
+                if written < n {
+                    // The destination is slow: keep the rest until it can take it.
+                    self.pending = Bytes::copy_from_slice(&buf[written..n]);
+                }
+                Ok(())
+            });
+            if let Err(e) = moved {
+                return Poll::Ready(Err(e));
+            }
         }
-        polled
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<'_, T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
+/// Both directions of a tunnel; done when both have passed their end of stream on.
+struct Copy<'a> {
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    /// Client → upstream.
+    up: Direction,
+    /// Upstream → client.
+    down: Direction,
+    activity: &'a Activity,
+}
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
+impl Future for Copy<'_> {
+    type Output = io::Result<()>;
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let up = this
+            .up
+            .poll(cx, this.client, this.upstream, this.activity)?;
+        let down = this
+            .down
+            .poll(cx, this.upstream, this.client, this.activity)?;
+        if up.is_ready() && down.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
     }
 }

@@ -7,6 +7,9 @@
 //! - `head_timer_restarts_after_each_answer`: a client that pauses between requests for
 //!   less than `header_timeout` each time keeps its connection, and a pause longer than it
 //!   closes an idle connection quietly (no `408`).
+//! - `tunnel_carries_bulk_to_a_slow_reader_intact`: 8 MiB each way through a tunnel whose
+//!   reader pauses, so the proxy must hold what the destination cannot take yet, and lose
+//!   or reorder nothing.
 //! - `error_bodies_are_one_line`: `400` and `431` written by the HTTP parser carry sluice's
 //!   one-line body, like every other error sluice answers itself.
 
@@ -15,6 +18,14 @@ mod support;
 use std::time::Duration;
 
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// 8 MiB of a pattern that shows any lost, repeated or reordered byte.
+fn pattern(seed: u8) -> Vec<u8> {
+    (0..8 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(31) as u8) ^ seed ^ ((i >> 13) as u8))
+        .collect()
+}
 
 async fn status_backend() -> HttpBackend {
     http_backend(|seen| async move {
@@ -146,4 +157,52 @@ async fn error_bodies_are_one_line() {
 
     // The proxy still serves.
     assert_eq!(http_get(proxy.addr, "h", "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn tunnel_carries_bulk_to_a_slow_reader_intact() {
+    // The backend answers the handshake, then sends 8 MiB and reads 8 MiB, then closes.
+    let backend = raw_backend(|mut stream| async move {
+        let Some((head, early)) = read_head(&mut stream).await else {
+            return;
+        };
+        assert!(early.is_empty());
+        stream.write_all(good_101(&head).as_bytes()).await.unwrap();
+        let (mut read_half, mut write_half) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            write_half.write_all(&pattern(1)).await.unwrap();
+            write_half.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        read_half.read_to_end(&mut got).await.unwrap();
+        assert!(got == pattern(2), "upstream received corrupted bytes");
+        writer.await.unwrap();
+    })
+    .await;
+    let proxy = spawn_proxy(&one_route(&[backend.addr], "")).await;
+
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(handshake("/", "h", "").as_bytes())
+        .await
+        .unwrap();
+    let Some((head, early)) = within(WAIT, read_head(&mut client)).await else {
+        panic!("no 101");
+    };
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Let the proxy's writes to this client back up before reading anything.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut read_half, mut write_half) = client.into_split();
+    let send = async {
+        write_half.write_all(&pattern(2)).await.unwrap();
+        write_half.shutdown().await.unwrap();
+    };
+    let receive = async {
+        let mut out = early;
+        read_half.read_to_end(&mut out).await.unwrap();
+        out
+    };
+    let ((), received) = within(WAIT, async { tokio::join!(send, receive) }).await;
+    assert_eq!(received.len(), 8 * 1024 * 1024);
+    assert!(received == pattern(1), "client received corrupted bytes");
 }

@@ -157,9 +157,7 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
     // Kept for the tunnel's log line: the request as the client sent it.
-    let client_target = key
-        .as_ref()
-        .map(|_| (parts.headers.get(HOST).cloned(), parts.uri.clone()));
+    let client_target = key.as_ref().map(|_| tunnel_target(&parts));
     parts.uri = route::upstream_uri(&route.config, &parts.uri);
     parts.version = Version::HTTP_11;
     // hyper's server-side extensions mean nothing to the upstream connection.
@@ -201,7 +199,7 @@ async fn forward(
         };
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(key), Some(client_upgrade), Some((host, uri))) =
+        let (Some(key), Some(client_upgrade), Some((host, path))) =
             (key, client_upgrade, client_target)
         else {
             return Err(fail(ProxyError::UnexpectedSwitch));
@@ -219,7 +217,7 @@ async fn forward(
         let tunnel = crate::tunnel::Tunnel {
             client: conn.peer,
             host,
-            uri,
+            path,
             route: Arc::clone(&route.label),
             server: Arc::clone(&server.label),
             idle_timeout: route.config.idle_timeout,
@@ -299,6 +297,17 @@ async fn send(
         Ok(response) => Ok((response, fresh)),
         Err(err) => Err(ProxyError::Upstream(err.into_error())),
     }
+}
+
+/// A tunnel's Host and target for its log line, as owned copies: hyper's parsed values are
+/// slices of the connection's read buffer, which they would keep alive for the tunnel's life.
+fn tunnel_target(parts: &http::request::Parts) -> (Box<str>, Box<str>) {
+    let host = parts
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("-");
+    (Box::from(host), Box::from(parts.uri.to_string().as_str()))
 }
 
 /// The Host a request is for: the `Host` header, or the authority of an absolute-form

@@ -117,6 +117,12 @@ impl ClientIo {
         };
         (io, clock)
     }
+
+    /// The plain socket, for a connection that has become a tunnel: its clock and timer
+    /// are done with, and the tunnel should not carry them.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
 }
 
 impl AsyncRead for ClientIo {

@@ -37,8 +37,17 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
 }
 
 /// Removes every header named in `Connection`, then the fixed hop-by-hop set.
+///
+/// The usual tokens (`keep-alive`, `close`, `upgrade`) name headers that go with the fixed
+/// set anyway, so the common request allocates nothing here.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
+    let names_others = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| !is_fixed_token(t.trim()));
+    if names_others {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
@@ -55,9 +64,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A `Connection` token whose header (if any) the fixed hop-by-hop set removes anyway.
+fn is_fixed_token(token: &str) -> bool {
+    token.is_empty()
+        || token.eq_ignore_ascii_case("close")
+        || fixed_hop_by_hop()
+            .iter()
+            .any(|name| token.eq_ignore_ascii_case(name.as_str()))
+}
+
 /// What the rewrite needs to know about the request and its destination.
 pub struct Forwarding<'a> {
-    pub peer: IpAddr,
+    /// The peer's address as a header value (formatted once per connection).
+    pub peer: &'a HeaderValue,
     /// The peer is in `trusted_proxies`.
     pub trusted: bool,
     /// `http` or `https`: how the client reached sluice.
@@ -86,7 +105,7 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         headers.insert(HOST, value.clone());
     }
 
-    let peer = ip_value(fwd.peer);
+    let peer = fwd.peer.clone();
     if fwd.trusted {
         let xff = join_values(headers, &X_FORWARDED_FOR, &peer);
         headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -167,7 +186,8 @@ fn proto_value(proto: &'static str) -> HeaderValue {
     }
 }
 
-fn ip_value(ip: IpAddr) -> HeaderValue {
+/// An IP address as a header value, e.g. for `X-Forwarded-For`.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
     // An IP address's text is always a valid header value.
     HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
@@ -196,13 +216,15 @@ fn join_values(headers: &HeaderMap, name: &HeaderName, last: &HeaderValue) -> He
 mod tests {
     use super::*;
 
+    static PEER: HeaderValue = HeaderValue::from_static("10.1.2.3");
+
     fn fwd<'a>(
         trusted: bool,
         host_header: &'a HostHeader,
         _authority: &'a HeaderValue,
     ) -> Forwarding<'a> {
         Forwarding {
-            peer: "10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            peer: &PEER,
             trusted,
             proto: "http",
             host_header,

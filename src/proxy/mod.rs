@@ -70,6 +70,8 @@ impl Runtime {
 /// What a connection's requests share: who the client is, and the server's state.
 pub struct ConnContext {
     pub peer: SocketAddr,
+    /// `peer`'s IP as a header value, for `X-Forwarded-For` and `X-Real-IP`.
+    pub peer_ip: HeaderValue,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: &'static str,
     pub clock: HeadClock,
@@ -165,7 +167,7 @@ async fn forward(
     headers::rewrite_request(
         &mut parts.headers,
         &headers::Forwarding {
-            peer: conn.peer.ip(),
+            peer: &conn.peer_ip,
             trusted: crate::config::is_trusted(&runtime.trusted_proxies, conn.peer.ip()),
             proto: conn.proto,
             host_header: &route.config.host_header,

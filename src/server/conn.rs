@@ -34,6 +34,7 @@ pub async fn serve(
     let (io, clock) = ClientIo::new(stream, listener.header_timeout);
     let context = Arc::new(ConnContext {
         peer,
+        peer_ip: crate::proxy::headers::ip_value(peer.ip()),
         proto: "http",
         clock,
         runtime,

@@ -10,6 +10,9 @@
 //! - `tunnel_carries_bulk_to_a_slow_reader_intact`: 8 MiB each way through a tunnel whose
 //!   reader pauses, so the proxy must hold what the destination cannot take yet, and lose
 //!   or reorder nothing.
+//! - `connect_is_refused_and_never_forwarded`: `CONNECT` gets `400`; a `2xx` to it from an
+//!   upstream would otherwise turn the client connection into a raw tunnel.
+//! - `absolute_form_target_routes_by_its_authority`: RFC 9112 §3.2.2.
 //! - `error_bodies_are_one_line`: `400` and `431` written by the HTTP parser carry sluice's
 //!   one-line body, like every other error sluice answers itself.
 
@@ -205,4 +208,57 @@ async fn tunnel_carries_bulk_to_a_slow_reader_intact() {
     let ((), received) = within(WAIT, async { tokio::join!(send, receive) }).await;
     assert_eq!(received.len(), 8 * 1024 * 1024);
     assert!(received == pattern(1), "client received corrupted bytes");
+}
+
+#[tokio::test]
+async fn connect_is_refused_and_never_forwarded() {
+    let backend = status_backend().await;
+    let proxy = spawn_proxy(&one_route(&[backend.addr], "")).await;
+    let response = raw_response(
+        proxy.addr,
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 400);
+    assert_eq!(response.body_str(), "bad request\n");
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test]
+async fn absolute_form_target_routes_by_its_authority() {
+    let a = named_backend("a").await;
+    let b = named_backend("b").await;
+    let proxy = spawn_proxy(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[upstream.a]
+servers = ["{}"]
+
+[upstream.b]
+servers = ["{}"]
+
+[[route]]
+host = "a.example"
+upstream = "a"
+
+[[route]]
+host = "b.example"
+upstream = "b"
+"#,
+        a.addr, b.addr
+    ))
+    .await;
+    let response = raw_response(
+        proxy.addr,
+        "GET http://b.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.body_str(), "b");
+    assert_eq!(
+        b.only().uri.to_string(),
+        "/x",
+        "sent upstream in origin form"
+    );
 }

@@ -13,6 +13,10 @@ use crate::upstream::connect::ConnectError;
 pub enum ProxyError {
     #[error("no route")]
     NoRoute,
+    /// A request sluice does not proxy, such as `CONNECT` (a reverse proxy is no forward
+    /// proxy; nginx answers it `400` too).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     #[error("invalid WebSocket handshake: {0}")]
     InvalidHandshake(&'static str),
     #[error("origin not allowed")]
@@ -39,7 +43,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::InvalidHandshake(_) => StatusCode::BAD_REQUEST,
+            ProxyError::InvalidHandshake(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::NoServerAvailable
             | ProxyError::Upstream(_)
@@ -107,6 +111,7 @@ mod tests {
             (ProxyError::OriginNotAllowed, 403),
             (ProxyError::InvalidHandshake("x"), 400),
             (ProxyError::NoRoute, 404),
+            (ProxyError::BadRequest("CONNECT"), 400),
             (ProxyError::NoServerAvailable, 502),
             (ProxyError::AllServersFailed(ConnectError::Io(io())), 502),
             (

@@ -128,6 +128,9 @@ async fn forward(
     if conn.shutdown.is_draining() {
         return Err((ProxyError::Draining, None));
     }
+    if req.method() == http::Method::CONNECT {
+        return Err((ProxyError::BadRequest("CONNECT is not proxied"), None));
+    }
     let route = runtime
         .router
         .find(request_host(&req), req.uri().path())
@@ -312,12 +315,12 @@ fn tunnel_target(parts: &http::request::Parts) -> (Box<str>, Box<str>) {
     (Box::from(host), Box::from(parts.uri.to_string().as_str()))
 }
 
-/// The Host a request is for: the `Host` header, or the authority of an absolute-form
-/// target.
+/// The Host a request is for: the authority of an absolute-form target, which outranks
+/// the `Host` header (RFC 9112 §3.2.2), or else the `Host` header.
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    match req.headers().get(HOST).and_then(|h| h.to_str().ok()) {
-        Some(host) => Some(host),
-        None => req.uri().authority().map(|a| a.as_str()),
+    match req.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
     }
 }
 
@@ -336,6 +339,7 @@ fn log_failure(err: &ProxyError, conn: &ConnContext, route: Option<&str>) {
     let route = route.unwrap_or("-");
     match err {
         ProxyError::NoRoute
+        | ProxyError::BadRequest(_)
         | ProxyError::InvalidHandshake(_)
         | ProxyError::OriginNotAllowed
         | ProxyError::Draining => {

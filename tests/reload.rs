@@ -166,10 +166,10 @@ async fn notify_socket_hears_ready_reloading_and_stopping() {
         .expect("spawn sluice");
     let pid = child.id().expect("pid").to_string();
 
-    let mut buf = [0u8; 512];
-    let mut next = || {
+    let next = || {
         let socket = &socket;
         async move {
+            let mut buf = [0u8; 512];
             let n = within(WAIT, socket.recv(&mut buf)).await.expect("recv");
             // One datagram, one `KEY=VALUE` per line.
             String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()

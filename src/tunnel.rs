@@ -145,11 +145,14 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Resolves once nothing has moved for `timeout`.
+    /// Resolves once nothing has moved for `timeout`. A timeout too large for the clock
+    /// never fires.
     async fn idle(&self, timeout: Duration) {
         loop {
             let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = self.start + last + timeout;
+            let Some(deadline) = self.start.checked_add(last.saturating_add(timeout)) else {
+                return std::future::pending().await;
+            };
             if Instant::now() >= deadline {
                 return;
             }

@@ -13,6 +13,8 @@
 //! - `connect_is_refused_and_never_forwarded`: `CONNECT` gets `400`; a `2xx` to it from an
 //!   upstream would otherwise turn the client connection into a raw tunnel.
 //! - `absolute_form_target_routes_by_its_authority`: RFC 9112 §3.2.2.
+//! - `huge_timeouts_do_not_panic`: a valid duration too large for the clock (thousands of
+//!   years) means "never", not a panic in the request or tunnel path.
 //! - `error_bodies_are_one_line`: `400` and `431` written by the HTTP parser carry sluice's
 //!   one-line body, like every other error sluice answers itself.
 
@@ -261,4 +263,43 @@ upstream = "b"
         "/x",
         "sent upstream in origin form"
     );
+}
+
+#[tokio::test]
+async fn huge_timeouts_do_not_panic() {
+    let backend = ws_echo_backend().await;
+    let huge = "4000000000000000h";
+    let toml = format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+header_timeout = "{huge}"
+
+[upstream.app]
+servers = ["{}"]
+
+[[route]]
+upstream = "app"
+idle_timeout = "{huge}"
+read_timeout = "{huge}"
+"#,
+        backend.addr
+    );
+    let proxy = spawn_proxy(&toml).await;
+    for round in 0..2 {
+        let (mut ws, _) = ws_connect(&format!("ws://{}/", proxy.addr), &[])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        within(WAIT, futures_util::SinkExt::send(&mut ws, "hi".into()))
+            .await
+            .unwrap();
+        let echoed = within(WAIT, futures_util::StreamExt::next(&mut ws)).await;
+        assert_eq!(echoed.unwrap().unwrap().into_text().unwrap().as_str(), "hi");
+    }
+    // Keep-alive re-arms the head timer after each answer: with the huge timeout too.
+    let mut client = RawClient::connect(proxy.addr).await;
+    for _ in 0..2 {
+        client.send("GET /plain HTTP/1.1\r\nHost: h\r\n\r\n").await;
+        assert_eq!(client.read_response().await.status, 502);
+    }
 }

@@ -139,7 +139,11 @@ impl AsyncRead for ClientIo {
         if epoch != this.armed {
             this.armed = epoch;
             this.started = false;
-            this.sleep.as_mut().reset(Instant::now() + this.timeout);
+            // `sleep` saturates a deadline too far for the clock; reset wants an Instant.
+            match Instant::now().checked_add(this.timeout) {
+                Some(deadline) => this.sleep.as_mut().reset(deadline),
+                None => this.sleep.set(tokio::time::sleep(this.timeout)),
+            }
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {

@@ -15,6 +15,8 @@
 //! - `absolute_form_target_routes_by_its_authority`: RFC 9112 §3.2.2.
 //! - `huge_timeouts_do_not_panic`: a valid duration too large for the clock (thousands of
 //!   years) means "never", not a panic in the request or tunnel path.
+//! - `failures_are_logged_with_route_and_server`: the SPEC's "the error is logged with the
+//!   route and server", checked on the JSON log of the real binary.
 //! - `error_bodies_are_one_line`: `400` and `431` written by the HTTP parser carry sluice's
 //!   one-line body, like every other error sluice answers itself.
 
@@ -302,4 +304,47 @@ read_timeout = "{huge}"
         client.send("GET /plain HTTP/1.1\r\nHost: h\r\n\r\n").await;
         assert_eq!(client.read_response().await.status, 502);
     }
+}
+
+#[tokio::test]
+async fn failures_are_logged_with_route_and_server() {
+    // A server that reads the request and never answers: read_timeout → 504.
+    let silent = raw_backend(|mut stream| async move {
+        let _ = read_head(&mut stream).await;
+        tokio::time::sleep(WAIT).await;
+    })
+    .await;
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let path = temp_config(
+        "failure-log",
+        &format!(
+            r#"
+[[listener]]
+addr = "{listen}"
+
+[upstream.app]
+servers = ["{}"]
+
+[[route]]
+path = "/api"
+upstream = "app"
+read_timeout = "300ms"
+"#,
+            silent.addr
+        ),
+    );
+    let mut daemon = Daemon::start(&["run", "-c", path.to_str().unwrap(), "--log-format", "json"]);
+    daemon.wait_listening(listen).await;
+    assert_eq!(http_get(listen, "h", "/api/x").await.status, 504);
+    daemon.sigterm();
+    let exit = daemon.wait_exit(WAIT).await;
+    let failure = exit
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "request failed")
+        .unwrap_or_else(|| panic!("no failure line{exit}"));
+    assert_eq!(failure["route"], "/api", "{failure}");
+    assert_eq!(failure["server"], silent.addr.to_string(), "{failure}");
+    assert_eq!(failure["level"], "WARN", "{failure}");
 }

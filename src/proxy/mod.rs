@@ -96,9 +96,9 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnContext>) -> Response<
     let runtime = conn.runtime.load_full();
     let response = match forward(req, &runtime, &conn, access.as_ref()).await {
         Ok(response) => response,
-        Err((err, route)) => {
-            log_failure(&err, &conn, route.as_deref());
-            error_response(err.status())
+        Err(failure) => {
+            failure.log(conn.peer);
+            error_response(failure.err.status())
         }
     };
     if let Some(access) = &access {
@@ -116,8 +116,39 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnContext>) -> Response<
     })
 }
 
-/// A failure, with the label of the route it happened on (if one matched) for the log.
-type Failure = (ProxyError, Option<Arc<str>>);
+/// A failure, with where it happened, for the log line: the route (if one matched) and the
+/// server (if one was reached).
+struct Failure {
+    err: ProxyError,
+    route: Option<Arc<str>>,
+    server: Option<Arc<str>>,
+}
+
+impl Failure {
+    fn new(err: ProxyError) -> Failure {
+        Failure {
+            err,
+            route: None,
+            server: None,
+        }
+    }
+
+    fn log(&self, client: SocketAddr) {
+        let route = self.route.as_deref().unwrap_or("-");
+        let server = self.server.as_deref().unwrap_or("-");
+        let err = &self.err;
+        match err {
+            ProxyError::NoRoute
+            | ProxyError::BadRequest(_)
+            | ProxyError::InvalidHandshake(_)
+            | ProxyError::OriginNotAllowed
+            | ProxyError::Draining => {
+                tracing::debug!(%client, route, cause = %err, "request refused");
+            }
+            _ => tracing::warn!(%client, route, server, cause = %err, "request failed"),
+        }
+    }
+}
 
 async fn forward(
     mut req: Request<Incoming>,
@@ -126,16 +157,22 @@ async fn forward(
     access: Option<&Arc<Access>>,
 ) -> Result<Response<ResponseBody>, Failure> {
     if conn.shutdown.is_draining() {
-        return Err((ProxyError::Draining, None));
+        return Err(Failure::new(ProxyError::Draining));
     }
     if req.method() == http::Method::CONNECT {
-        return Err((ProxyError::BadRequest("CONNECT is not proxied"), None));
+        return Err(Failure::new(ProxyError::BadRequest(
+            "CONNECT is not proxied",
+        )));
     }
     let route = runtime
         .router
         .find(request_host(&req), req.uri().path())
-        .ok_or((ProxyError::NoRoute, None))?;
-    let fail = |err: ProxyError| (err, Some(Arc::clone(&route.label)));
+        .ok_or_else(|| Failure::new(ProxyError::NoRoute))?;
+    let fail = |err: ProxyError| Failure {
+        err,
+        route: Some(Arc::clone(&route.label)),
+        server: None,
+    };
     if let Some(access) = access {
         access.set_route(&route.label);
     }
@@ -182,6 +219,11 @@ async fn forward(
 
     // Pick and connect: a connect failure marks the server and moves on (nothing was sent).
     let (server, sender) = connect_any(pool, &route.label).await.map_err(fail)?;
+    let fail = |err: ProxyError| Failure {
+        err,
+        route: Some(Arc::clone(&route.label)),
+        server: Some(Arc::clone(&server.label)),
+    };
     headers::set_upstream_host(
         &mut parts.headers,
         &route.config.host_header,
@@ -333,18 +375,4 @@ pub fn error_response(status: StatusCode) -> Response<ResponseBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-fn log_failure(err: &ProxyError, conn: &ConnContext, route: Option<&str>) {
-    let route = route.unwrap_or("-");
-    match err {
-        ProxyError::NoRoute
-        | ProxyError::BadRequest(_)
-        | ProxyError::InvalidHandshake(_)
-        | ProxyError::OriginNotAllowed
-        | ProxyError::Draining => {
-            tracing::debug!(client = %conn.peer, route, cause = %err, "request refused");
-        }
-        _ => tracing::warn!(client = %conn.peer, route, cause = %err, "request failed"),
-    }
 }

@@ -13,16 +13,17 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::net::{Shutdown as HalfClose, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -87,8 +88,8 @@ impl Tunnel {
             last_ms: AtomicU64::new(0),
         };
         let mut copy = Copy {
-            client: &client,
-            upstream: &upstream,
+            client,
+            upstream,
             up: Direction::new(from_client),
             down: Direction::new(from_upstream),
             activity: &activity,
@@ -186,44 +187,55 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(pending: Bytes) -> Direction {
+    fn new(pre_read: Bytes) -> Direction {
         Direction {
-            bytes: pending.len() as u64,
-            pending,
+            bytes: pre_read.len() as u64,
+            // A copy, even of nothing: hyper's `Bytes` is a view into its whole read
+            // buffer, which it would keep alive for the tunnel's life.
+            pending: if pre_read.is_empty() {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(&pre_read)
+            },
             eof: false,
             finished: false,
         }
     }
 
     /// Moves bytes from `src` to `dst` until one would block or the source ends.
+    ///
+    /// `poll_read` rather than `try_read`: after a read shorter than the buffer, tokio
+    /// knows the socket is drained and waits for the next readiness event, where
+    /// `try_read` would need one more (failing) read to learn it: a syscall per message.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        src: &TcpStream,
-        dst: &TcpStream,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
         activity: &Activity,
     ) -> Poll<io::Result<()>> {
         let mut reads = 0;
         loop {
-            while !self.pending.is_empty() {
-                std::task::ready!(dst.poll_write_ready(cx))?;
-                match dst.try_write(&self.pending) {
-                    Ok(n) => {
-                        let _ = self.pending.split_to(n);
+            if !self.pending.is_empty() {
+                while !self.pending.is_empty() {
+                    let n = std::task::ready!(Pin::new(&mut *dst).poll_write(cx, &self.pending))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Poll::Ready(Err(e)),
+                    self.pending.advance(n);
                 }
+                // An emptied view still holds its allocation.
+                self.pending = Bytes::new();
             }
             if self.eof {
                 if !self.finished {
-                    self.finished = true;
                     // The other direction may still be talking: pass the half-close on.
-                    match socket2::SockRef::from(dst).shutdown(HalfClose::Write) {
+                    match std::task::ready!(Pin::new(&mut *dst).poll_shutdown(cx)) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
                         Err(e) => return Poll::Ready(Err(e)),
                     }
+                    self.finished = true;
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -231,42 +243,37 @@ impl Direction {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            std::task::ready!(src.poll_read_ready(cx))?;
             reads += 1;
-            let moved = SCRATCH_BUF.with_borrow_mut(|buf| -> io::Result<()> {
-                let n = match src.try_read(buf) {
-                    Ok(0) => {
-                        self.eof = true;
-                        return Ok(());
-                    }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) => return Err(e),
-                };
-                self.bytes += n as u64;
-                activity.touch();
-                let written = match dst.try_write(&buf[..n]) {
-                    Ok(written) => written,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                    Err(e) => return Err(e),
-                };
-                if written < n {
-                    // The destination is slow: keep the rest until it can take it.
-                    self.pending = Bytes::copy_from_slice(&buf[written..n]);
+            let moved = SCRATCH_BUF.with_borrow_mut(|buf| -> Poll<io::Result<()>> {
+                let mut read = ReadBuf::new(buf);
+                std::task::ready!(Pin::new(&mut *src).poll_read(cx, &mut read))?;
+                let data = read.filled();
+                if data.is_empty() {
+                    self.eof = true;
+                    return Poll::Ready(Ok(()));
                 }
-                Ok(())
+                self.bytes += data.len() as u64;
+                activity.touch();
+                let written = match Pin::new(&mut *dst).poll_write(cx, data) {
+                    Poll::Ready(Ok(written)) => written,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => 0,
+                };
+                if written < data.len() {
+                    // The destination is slow: keep the rest until it can take it.
+                    self.pending = Bytes::copy_from_slice(&data[written..]);
+                }
+                Poll::Ready(Ok(()))
             });
-            if let Err(e) = moved {
-                return Poll::Ready(Err(e));
-            }
+            std::task::ready!(moved)?;
         }
     }
 }
 
 /// Both directions of a tunnel; done when both have passed their end of stream on.
 struct Copy<'a> {
-    client: &'a TcpStream,
-    upstream: &'a TcpStream,
+    client: TcpStream,
+    upstream: TcpStream,
     /// Client → upstream.
     up: Direction,
     /// Upstream → client.
@@ -281,10 +288,10 @@ impl Future for Copy<'_> {
         let this = self.get_mut();
         let up = this
             .up
-            .poll(cx, this.client, this.upstream, this.activity)?;
+            .poll(cx, &mut this.client, &mut this.upstream, this.activity)?;
         let down = this
             .down
-            .poll(cx, this.upstream, this.client, this.activity)?;
+            .poll(cx, &mut this.upstream, &mut this.client, this.activity)?;
         if up.is_ready() && down.is_ready() {
             Poll::Ready(Ok(()))
         } else {

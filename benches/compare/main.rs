@@ -1,0 +1,104 @@
+//! `cargo bench --bench compare`: sluice, nginx and HAProxy side by side on one machine.
+//!
+//! The same binary plays every part. Without a subcommand it is the orchestrator: it
+//! installs what is missing, starts each proxy pinned to core 0, runs the scenarios in
+//! interleaved rounds and writes `benches/results/`. With a subcommand it is one of the
+//! orchestrator's children, pinned to core 1: the echo backends (`backend`) or a load
+//! generator (`load-echo`, `load-latency`, `load-storm`, `load-idle`). Method and limits:
+//! `benches/README.md`.
+
+mod backend;
+mod chart;
+mod child;
+mod install;
+mod load;
+mod machine;
+mod orchestrate;
+mod procfs;
+mod proxy;
+mod report;
+mod scenario;
+mod wrk;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "sluice vs nginx vs HAProxy, side by side")]
+struct Cli {
+    /// Smoke run: one round, short runs, fewer handshakes and tunnels.
+    #[arg(long)]
+    quick: bool,
+    /// Passed by `cargo bench`; without it (as under `cargo test --all-targets`) the
+    /// orchestrator does nothing, so tests never start a 15-minute benchmark.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// Rounds (default 3, or 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Only these proxies (comma-separated: sluice,nginx,haproxy).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<proxy::Kind>,
+    /// Only these scenarios (comma-separated: http,echo64,echo4k,latency,storm,idle).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<scenario::Scenario>,
+    /// Where to write latest.md, latest.csv and latest.svg (default: benches/results).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Another sluice binary to measure instead of the one Cargo built (to compare a change).
+    #[arg(long)]
+    sluice: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// HTTP and WebSocket echo backends (a child of the orchestrator).
+    Backend(backend::Args),
+    /// Closed-loop WebSocket echo: messages/s.
+    LoadEcho(load::echo::Args),
+    /// WebSocket echo at a fixed rate: latency percentiles.
+    LoadLatency(load::latency::Args),
+    /// Connect, upgrade, one echo, close, many times: handshakes/s.
+    LoadStorm(load::storm::Args),
+    /// Opens idle tunnels and holds them until told to stop.
+    LoadIdle(load::idle::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.role {
+        Some(Role::Backend(args)) => backend::run(args),
+        Some(Role::LoadEcho(args)) => load::echo::run(args),
+        Some(Role::LoadLatency(args)) => load::latency::run(args),
+        Some(Role::LoadStorm(args)) => load::storm::run(args),
+        Some(Role::LoadIdle(args)) => load::idle::run(args),
+        None if !cli.bench => {
+            println!("compare: run it with `cargo bench --bench compare` (add `-- --quick` for a smoke run)");
+            Ok(())
+        }
+        None => {
+            let plan = orchestrate::Plan::new(
+                cli.quick,
+                cli.rounds,
+                cli.only,
+                cli.scenarios,
+                cli.sluice,
+                cli.out,
+            );
+            orchestrate::run(&plan)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("compare: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Errors of the harness: a message for the operator, with its cause folded in.
+pub type Result<T> = std::result::Result<T, String>;

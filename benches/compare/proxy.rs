@@ -1,0 +1,202 @@
+//! The three proxies: their configs (templates in `configs/`), how each is started pinned
+//! to the proxy core, which PIDs make it up, and how it is stopped.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::child::{pinned, PROXY_CORE};
+use crate::procfs;
+use crate::Result;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Kind {
+    Sluice,
+    Nginx,
+    Haproxy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Sluice, Kind::Nginx, Kind::Haproxy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sluice => "sluice",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+        }
+    }
+
+    fn template(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Sluice => ("sluice.toml", include_str!("configs/sluice.toml")),
+            Kind::Nginx => ("nginx.conf", include_str!("configs/nginx.conf")),
+            Kind::Haproxy => ("haproxy.cfg", include_str!("configs/haproxy.cfg")),
+        }
+    }
+}
+
+/// Where everything listens.
+#[derive(Clone, Copy)]
+pub struct Ports {
+    pub http_backend: u16,
+    pub ws_backend: u16,
+    pub proxy: u16,
+}
+
+/// What a proxy needs to be started.
+pub struct Setup<'a> {
+    pub kind: Kind,
+    /// The program (sluice's from Cargo, the others as found on PATH).
+    pub program: &'a Path,
+    pub ports: Ports,
+    /// Client connections the proxy must hold at once (twice as many sockets: each has an
+    /// upstream connection too).
+    pub max_conns: u64,
+    /// The fd limit children inherit.
+    pub nofile: u64,
+    /// A scratch directory for config, logs, pid and temp files.
+    pub dir: &'a Path,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub kind: Kind,
+    child: Child,
+    /// Every process of the proxy (nginx: master and worker).
+    pids: Vec<u32>,
+    pub addr: String,
+}
+
+impl Setup<'_> {
+    /// The config file for this proxy, written into the scratch directory.
+    pub fn write_config(&self) -> Result<PathBuf> {
+        let (name, template) = self.kind.template();
+        let text = template
+            .replace("{listen}", &self.ports.proxy.to_string())
+            .replace("{http}", &self.ports.http_backend.to_string())
+            .replace("{ws}", &self.ports.ws_backend.to_string())
+            .replace("{max_conns}", &self.max_conns.to_string())
+            .replace("{worker_conns}", &(3 * self.max_conns).to_string())
+            .replace("{nofile}", &self.nofile.to_string())
+            .replace("{dir}", &self.dir.to_string_lossy());
+        let path = self.dir.join(name);
+        fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Starts the proxy on the proxy core and waits until it accepts connections.
+    pub fn start(&self) -> Result<Proxy> {
+        fs::create_dir_all(self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let config = self.write_config()?;
+        let program = self.program.to_string_lossy();
+        let mut cmd = pinned(PROXY_CORE, &program);
+        match self.kind {
+            Kind::Sluice => {
+                cmd.arg("run").arg("--config").arg(&config);
+                cmd.env("RUST_LOG", "info,access=off");
+            }
+            Kind::Nginx => {
+                cmd.arg("-p").arg(self.dir).arg("-c").arg(&config);
+                cmd.arg("-e").arg(self.dir.join("error.log"));
+            }
+            Kind::Haproxy => {
+                cmd.arg("-db").arg("-f").arg(&config);
+            }
+        }
+        let log = self.dir.join("proxy.log");
+        let out = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.kind.name()))?;
+        let addr = format!("127.0.0.1:{}", self.ports.proxy);
+        let mut proxy = Proxy {
+            kind: self.kind,
+            pids: vec![child.id()],
+            child,
+            addr,
+        };
+        proxy.wait_listening(&log)?;
+        if self.kind == Kind::Nginx {
+            proxy.find_workers()?;
+        }
+        Ok(proxy)
+    }
+}
+
+impl Proxy {
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+
+    fn wait_listening(&mut self, log: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let tail = fs::read_to_string(log).unwrap_or_default();
+                return Err(format!(
+                    "{} exited at start ({status}): {}",
+                    self.kind.name(),
+                    tail.trim()
+                ));
+            }
+            if TcpStream::connect(&self.addr).is_ok() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "{} did not listen on {} within 10 s",
+            self.kind.name(),
+            self.addr
+        ))
+    }
+
+    /// nginx's master forks its worker after it listens: wait for it to appear.
+    fn find_workers(&mut self) -> Result<()> {
+        let master = self.child.id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let workers = procfs::children(master);
+            if !workers.is_empty() {
+                self.pids.extend(workers);
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Err("nginx: no worker process under the master".into())
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s; every process of the proxy, by PID.
+    pub fn stop(mut self) {
+        procfs::signal(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            eprintln!("  {} ignored SIGTERM for 5 s: killing it", self.kind.name());
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        for &pid in &self.pids[1..] {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while procfs::alive(pid) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            if procfs::alive(pid) {
+                procfs::signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}

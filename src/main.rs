@@ -3,6 +3,10 @@
 
 use std::process::ExitCode;
 
+/// mimalloc rather than the system allocator: see the benchmark notes in `benches/README.md`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use sluice::cli::{Cli, Command};
 use sluice::config::Config;

@@ -73,13 +73,6 @@ impl PassiveHealth {
             false
         }
     }
-
-    /// Records that the server answered: it is up, and earlier failures are forgiven.
-    pub fn record_success(&self) {
-        if self.down_until.load(Ordering::Relaxed) != 0 {
-            self.down_until.store(0, Ordering::Relaxed);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -53,9 +53,25 @@ where
 {
     let title = ("sans-serif", 26).into_font().style(FontStyle::Bold);
     let small = ("sans-serif", 15).into_font();
+    let layout = report.params.layout;
+    let placement = if layout.workers == 1 {
+        "one worker each on one core".to_owned()
+    } else if layout.load_apart() {
+        format!(
+            "{} workers each on cores {}",
+            layout.workers,
+            layout.proxy_cpus()
+        )
+    } else {
+        format!(
+            "{} workers each on cores {}, shared with the load",
+            layout.workers,
+            layout.proxy_cpus()
+        )
+    };
     area.draw_text(
         &format!(
-            "sluice, nginx and HAProxy side by side, one worker each on one core ({})",
+            "sluice, nginx and HAProxy side by side, {placement} ({})",
             report.machine.date
         ),
         &title.into_text_style(area),

@@ -14,21 +14,69 @@ use std::time::{Duration, Instant};
 
 use crate::Result;
 
-/// The core the proxies run on, and the one for everything else.
-pub const PROXY_CORE: &str = "0";
-pub const LOAD_CORE: &str = "1";
+/// Which cores the proxy gets and which the load generators and backends get.
+///
+/// One worker (the default): the proxy on core 0, everything else on core 1. `workers`
+/// workers: the proxy on cores `0..workers`; the rest on the cores left over, or, when the
+/// proxy has every core, on all of them (shared with the proxy).
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub workers: usize,
+    pub cores: usize,
+}
 
-/// A command pinned to one core with `taskset` (which execs, so the PID is the program's).
-pub fn pinned(core: &str, program: &str) -> Command {
+impl Layout {
+    /// `workers` proxy workers on a machine with `cores` cores: at least one, at most one
+    /// per core, and one core left for the load when there is a single worker.
+    pub fn new(workers: usize, cores: usize) -> Result<Layout> {
+        if workers == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+        if workers > cores {
+            return Err(format!(
+                "--workers {workers}: this machine has {cores} core(s); at most one worker per core"
+            ));
+        }
+        if workers == 1 && cores < 2 {
+            return Err("one worker needs two cores: one for the proxy, one for the load".into());
+        }
+        Ok(Layout { workers, cores })
+    }
+
+    /// The proxy's cores, for `taskset -c`: `0`, `0,1`, `0,1,2`, …
+    pub fn proxy_cpus(self) -> String {
+        let list: Vec<String> = (0..self.workers).map(|c| c.to_string()).collect();
+        list.join(",")
+    }
+
+    /// Whether the load generators and backends have cores of their own.
+    pub fn load_apart(self) -> bool {
+        self.workers < self.cores
+    }
+
+    /// The cores of the load generators and backends, for `taskset -c`: `1` with one
+    /// worker, the cores the proxy does not have with more, all of them when it has all.
+    pub fn load_cpus(self) -> String {
+        if self.workers == 1 {
+            return "1".into();
+        }
+        let first = if self.load_apart() { self.workers } else { 0 };
+        let list: Vec<String> = (first..self.cores).map(|c| c.to_string()).collect();
+        list.join(",")
+    }
+}
+
+/// A command pinned to some cores with `taskset` (which execs, so the PID is the program's).
+pub fn pinned(cpus: &str, program: &str) -> Command {
     let mut cmd = Command::new("taskset");
-    cmd.arg("-c").arg(core).arg(program);
+    cmd.arg("-c").arg(cpus).arg(program);
     cmd
 }
 
-/// This benchmark binary, pinned to the load core, as one of its own children.
-pub fn self_role(role: &str) -> Result<Command> {
+/// This benchmark binary, pinned to the load cores, as one of its own children.
+pub fn self_role(layout: Layout, role: &str) -> Result<Command> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the bench binary: {e}"))?;
-    let mut cmd = pinned(LOAD_CORE, &exe.to_string_lossy());
+    let mut cmd = pinned(&layout.load_cpus(), &exe.to_string_lossy());
     cmd.arg(role);
     Ok(cmd)
 }

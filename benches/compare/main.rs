@@ -1,11 +1,12 @@
 //! `cargo bench --bench compare`: sluice, nginx and HAProxy side by side on one machine.
 //!
 //! The same binary plays every part. Without a subcommand it is the orchestrator: it
-//! installs what is missing, starts each proxy pinned to core 0, runs the scenarios in
-//! interleaved rounds and writes `benches/results/`. With a subcommand it is one of the
-//! orchestrator's children, pinned to core 1: the echo backends (`backend`) or a load
-//! generator (`load-echo`, `load-latency`, `load-storm`, `load-idle`). Method and limits:
-//! `benches/README.md`.
+//! installs what is missing, starts each proxy pinned to core 0 (cores 0..N-1 with
+//! `--workers N`), runs the scenarios in interleaved rounds and writes `benches/results/`
+//! (`benches/results/workers-N/`). With a subcommand it is one of the orchestrator's
+//! children, pinned to core 1 (or the cores left over, or all of them when the proxy has
+//! every core): the echo backends (`backend`) or a load generator (`load-echo`,
+//! `load-latency`, `load-storm`, `load-idle`). Method and limits: `benches/README.md`.
 
 mod backend;
 mod chart;
@@ -43,9 +44,15 @@ struct Cli {
     /// Only these scenarios (comma-separated: http,echo64,echo4k,latency,storm,idle).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<scenario::Scenario>,
-    /// Where to write latest.md, latest.csv and latest.svg (default: benches/results).
+    /// Where to write latest.md, latest.csv and latest.svg (default: benches/results, or
+    /// benches/results/workers-N with --workers N above 1).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Workers per proxy (nginx processes, HAProxy threads, tokio workers), each proxy
+    /// pinned to cores 0..N-1; at most one per core. With one, the load has a core of its
+    /// own; with as many as there are cores, it shares them with the proxy.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Another sluice binary to measure instead of the one Cargo built (to compare a change).
     #[arg(long)]
     sluice: Option<std::path::PathBuf>,
@@ -79,17 +86,16 @@ fn main() -> ExitCode {
             println!("compare: run it with `cargo bench --bench compare` (add `-- --quick` for a smoke run)");
             Ok(())
         }
-        None => {
-            let plan = orchestrate::Plan::new(
-                cli.quick,
-                cli.rounds,
-                cli.only,
-                cli.scenarios,
-                cli.sluice,
-                cli.out,
-            );
-            orchestrate::run(&plan)
-        }
+        None => orchestrate::Plan::new(
+            cli.quick,
+            cli.rounds,
+            cli.only,
+            cli.scenarios,
+            cli.sluice,
+            cli.out,
+            cli.workers,
+        )
+        .and_then(|plan| orchestrate::run(&plan)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::child::{self, Running};
+use crate::child::{self, Layout, Running};
 use crate::install::{self, HAPROXY, NGINX, WRK};
 use crate::machine::Machine;
 use crate::proxy::{Kind, Ports, Setup};
@@ -24,11 +24,15 @@ pub struct Plan {
     pub scenarios: Vec<Scenario>,
     /// The sluice binary: Cargo's release build unless `--sluice` names another.
     pub sluice: PathBuf,
+    /// `benches/results` with one worker, `benches/results/workers-N` with N, unless
+    /// `--out` names another directory.
     pub out: PathBuf,
     pub params: Params,
 }
 
 impl Plan {
+    /// The plan from the command line; fails when `workers` does not fit the machine.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         quick: bool,
         rounds: Option<usize>,
@@ -36,9 +40,13 @@ impl Plan {
         scenarios: Vec<Scenario>,
         sluice: Option<PathBuf>,
         out: Option<PathBuf>,
-    ) -> Plan {
+        workers: usize,
+    ) -> Result<Plan> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let layout = Layout::new(workers, cores)?;
         let params = if quick {
             Params {
+                layout,
                 http_secs: 3,
                 http_conns: 50,
                 echo_secs: 3.0,
@@ -51,6 +59,7 @@ impl Plan {
             }
         } else {
             Params {
+                layout,
                 http_secs: 10,
                 http_conns: 50,
                 echo_secs: 10.0,
@@ -62,7 +71,13 @@ impl Plan {
                 idle_tunnels: 10_000,
             }
         };
-        Plan {
+        let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
+        let default_out = if workers == 1 {
+            results
+        } else {
+            results.join(format!("workers-{workers}"))
+        };
+        Ok(Plan {
             quick,
             rounds: rounds.unwrap_or(if quick { 1 } else { 3 }).clamp(1, 20),
             proxies: if only.is_empty() {
@@ -79,10 +94,9 @@ impl Plan {
                     .collect()
             },
             sluice: sluice.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sluice"))),
-            out: out
-                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results")),
+            out: out.unwrap_or(default_out),
             params,
-        }
+        })
     }
 }
 
@@ -142,7 +156,7 @@ pub fn run(plan: &Plan) -> Result<()> {
 
     let ports = free_ports()?;
     let scratch = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
-    let mut backend_cmd = child::self_role("backend")?;
+    let mut backend_cmd = child::self_role(params.layout, "backend")?;
     backend_cmd
         .args(["--http-port", &ports.http_backend.to_string()])
         .args(["--ws-port", &ports.ws_backend.to_string()]);
@@ -185,6 +199,7 @@ pub fn run(plan: &Plan) -> Result<()> {
                     proxy: ports.proxy + index as u16,
                     ..ports
                 },
+                layout: params.layout,
                 max_conns: params.idle_tunnels as u64 + 64,
                 nofile,
                 dir: &scratch.join(kind.name()),

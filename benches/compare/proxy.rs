@@ -1,5 +1,6 @@
 //! The three proxies: their configs (templates in `configs/`), how each is started pinned
-//! to the proxy core, which PIDs make it up, and how it is stopped.
+//! to the proxy cores with as many workers as cores, which PIDs make it up, and how it is
+//! stopped.
 
 use std::fs;
 use std::net::TcpStream;
@@ -8,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::child::{pinned, PROXY_CORE};
+use crate::child::{pinned, Layout};
 use crate::procfs;
 use crate::Result;
 
@@ -53,6 +54,8 @@ pub struct Setup<'a> {
     /// The program (sluice's from Cargo, the others as found on PATH).
     pub program: &'a Path,
     pub ports: Ports,
+    /// The proxy's workers (nginx processes, HAProxy threads, tokio workers) and cores.
+    pub layout: Layout,
     /// Client connections the proxy must hold at once (twice as many sockets: each has an
     /// upstream connection too).
     pub max_conns: u64,
@@ -79,6 +82,7 @@ impl Setup<'_> {
             .replace("{listen}", &self.ports.proxy.to_string())
             .replace("{http}", &self.ports.http_backend.to_string())
             .replace("{ws}", &self.ports.ws_backend.to_string())
+            .replace("{workers}", &self.layout.workers.to_string())
             .replace("{max_conns}", &self.max_conns.to_string())
             .replace("{worker_conns}", &(3 * self.max_conns).to_string())
             .replace("{nofile}", &self.nofile.to_string())
@@ -88,16 +92,21 @@ impl Setup<'_> {
         Ok(path)
     }
 
-    /// Starts the proxy on the proxy core and waits until it accepts connections.
+    /// Starts the proxy on the proxy cores and waits until it accepts connections.
     pub fn start(&self) -> Result<Proxy> {
         fs::create_dir_all(self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let config = self.write_config()?;
         let program = self.program.to_string_lossy();
-        let mut cmd = pinned(PROXY_CORE, &program);
+        let mut cmd = pinned(&self.layout.proxy_cpus(), &program);
         match self.kind {
             Kind::Sluice => {
                 cmd.arg("run").arg("--config").arg(&config);
                 cmd.env("RUST_LOG", "info,access=off");
+                // The runtime sizes itself from the affinity mask already; with more than
+                // one worker, say it explicitly too.
+                if self.layout.workers > 1 {
+                    cmd.env("TOKIO_WORKER_THREADS", self.layout.workers.to_string());
+                }
             }
             Kind::Nginx => {
                 cmd.arg("-p").arg(self.dir).arg("-c").arg(&config);
@@ -125,7 +134,7 @@ impl Setup<'_> {
         };
         proxy.wait_listening(&log)?;
         if self.kind == Kind::Nginx {
-            proxy.find_workers()?;
+            proxy.find_workers(self.layout.workers)?;
         }
         Ok(proxy)
     }
@@ -159,19 +168,23 @@ impl Proxy {
         ))
     }
 
-    /// nginx's master forks its worker after it listens: wait for it to appear.
-    fn find_workers(&mut self) -> Result<()> {
+    /// nginx's master forks its workers after it listens: wait for all of them to appear.
+    fn find_workers(&mut self, count: usize) -> Result<()> {
         let master = self.child.id();
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut workers = Vec::new();
         while Instant::now() < deadline {
-            let workers = procfs::children(master);
-            if !workers.is_empty() {
+            workers = procfs::children(master);
+            if workers.len() >= count {
                 self.pids.extend(workers);
                 return Ok(());
             }
             thread::sleep(Duration::from_millis(20));
         }
-        Err("nginx: no worker process under the master".into())
+        Err(format!(
+            "nginx: {} of {count} worker process(es) under the master after 5 s",
+            workers.len()
+        ))
     }
 
     /// SIGTERM, then SIGKILL after 5 s; every process of the proxy, by PID.

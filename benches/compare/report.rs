@@ -105,6 +105,32 @@ impl Report {
         )
     }
 
+    /// Where the proxy and the load ran, for the header.
+    pub fn layout_line(&self) -> String {
+        let layout = self.params.layout;
+        if layout.workers == 1 {
+            return "one worker pinned to core 0; backends and load generators on core 1".into();
+        }
+        let proxy = format!(
+            "{} workers pinned to cores {}",
+            layout.workers,
+            layout.proxy_cpus()
+        );
+        if layout.load_apart() {
+            format!(
+                "{proxy}; backends and load generators on cores {}",
+                layout.load_cpus()
+            )
+        } else {
+            format!(
+                "{proxy}; backends and load generators have no core of their own: they run \
+                 on all {} cores (affinity {}, the same as unpinned), shared with the proxy",
+                layout.cores,
+                layout.load_cpus()
+            )
+        }
+    }
+
     pub fn markdown(&self) -> String {
         let mut md = String::new();
         let _ = writeln!(
@@ -117,9 +143,10 @@ impl Report {
         let _ = writeln!(md, "- Plan: {}", self.plan_line());
         let _ = writeln!(
             md,
-            "- Each proxy: one worker pinned to core 0; backends and load generators on core 1. \
+            "- Each proxy: {}. \
              Values: median (min–max) over rounds; ratios are of medians. CPU is the proxy's \
-             user+system time over the measured window. See benches/README.md for the method.\n"
+             user+system time over the measured window. See benches/README.md for the method.\n",
+            self.layout_line()
         );
         let mut head = "| metric |".to_owned();
         let mut rule = "|---|".to_owned();

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use crate::child::{self, Running};
+use crate::child::{self, Layout, Running};
 use crate::procfs;
 use crate::{wrk, Result};
 
@@ -81,9 +81,10 @@ impl Metric {
     }
 }
 
-/// How long and how much.
+/// How long and how much, and on which cores.
 #[derive(Clone)]
 pub struct Params {
+    pub layout: Layout,
     pub http_secs: u32,
     pub http_conns: u32,
     pub echo_secs: f64,
@@ -164,7 +165,13 @@ fn http(target: &Target, params: &Params, wrk: Option<&Path>) -> Result<Measured
     let wrk = wrk.ok_or("wrk is not installed")?;
     let url = format!("http://{}/", target.addr);
     let before = procfs::cpu_seconds(target.pids)?;
-    let out = wrk::run(wrk, &url, params.http_conns, params.http_secs)?;
+    let out = wrk::run(
+        wrk,
+        params.layout,
+        &url,
+        params.http_conns,
+        params.http_secs,
+    )?;
     let cpu = procfs::cpu_seconds(target.pids)? - before;
     Ok(Measured {
         values: vec![
@@ -177,7 +184,7 @@ fn http(target: &Target, params: &Params, wrk: Option<&Path>) -> Result<Measured
 }
 
 fn echo(target: &Target, params: &Params, size: usize) -> Result<Measured> {
-    let mut cmd = child::self_role("load-echo")?;
+    let mut cmd = child::self_role(params.layout, "load-echo")?;
     cmd.args(["--addr", target.addr])
         .args(["--conns", &params.echo_conns.to_string()])
         .args(["--size", &size.to_string()])
@@ -201,7 +208,7 @@ fn echo(target: &Target, params: &Params, size: usize) -> Result<Measured> {
 }
 
 fn latency(target: &Target, params: &Params) -> Result<Measured> {
-    let mut cmd = child::self_role("load-latency")?;
+    let mut cmd = child::self_role(params.layout, "load-latency")?;
     cmd.args(["--addr", target.addr])
         .args(["--rate", &params.latency_rate.to_string()])
         .args(["--secs", &params.latency_secs.to_string()]);
@@ -217,7 +224,7 @@ fn latency(target: &Target, params: &Params) -> Result<Measured> {
 }
 
 fn storm(target: &Target, params: &Params) -> Result<Measured> {
-    let mut cmd = child::self_role("load-storm")?;
+    let mut cmd = child::self_role(params.layout, "load-storm")?;
     cmd.args(["--addr", target.addr])
         .args(["--total", &params.storm_total.to_string()])
         .args(["--inflight", &params.storm_inflight.to_string()]);
@@ -237,7 +244,7 @@ fn storm(target: &Target, params: &Params) -> Result<Measured> {
 /// RSS before the tunnels open and once they are all open and idle (after a settling
 /// second), divided by the tunnels open.
 fn idle(target: &Target, params: &Params) -> Result<Measured> {
-    let mut cmd = child::self_role("load-idle")?;
+    let mut cmd = child::self_role(params.layout, "load-idle")?;
     cmd.args(["--addr", target.addr])
         .args(["--count", &params.idle_tunnels.to_string()]);
     let mut load = Running::spawn("load-idle", cmd)?;

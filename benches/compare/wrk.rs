@@ -1,9 +1,9 @@
-//! Plain HTTP keep-alive load with wrk, pinned to the load core, and its output parsed.
+//! Plain HTTP keep-alive load with wrk, pinned to the load cores, and its output parsed.
 
 use std::path::Path;
 use std::process::Stdio;
 
-use crate::child::{pinned, LOAD_CORE};
+use crate::child::{pinned, Layout};
 use crate::Result;
 
 /// What one wrk run did.
@@ -15,8 +15,8 @@ pub struct Outcome {
 }
 
 /// Runs `wrk -t1 -c{conns} -d{secs}s` against `url`.
-pub fn run(wrk: &Path, url: &str, conns: u32, secs: u32) -> Result<Outcome> {
-    let out = pinned(LOAD_CORE, &wrk.to_string_lossy())
+pub fn run(wrk: &Path, layout: Layout, url: &str, conns: u32, secs: u32) -> Result<Outcome> {
+    let out = pinned(&layout.load_cpus(), &wrk.to_string_lossy())
         .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), url])
         .stdin(Stdio::null())
         .output()

@@ -17,6 +17,10 @@
 //!   years) means "never", not a panic in the request or tunnel path.
 //! - `failures_are_logged_with_route_and_server`: the SPEC's "the error is logged with the
 //!   route and server", checked on the JSON log of the real binary.
+//! - `handshake_without_origin_is_refused_when_origins_are_listed`: the list names who may
+//!   connect; a handshake that names nobody is not on it.
+//! - `request_completed_during_drain_gets_503`: a head that completes after draining began,
+//!   on a connection opened before, is answered `503` and never reaches the upstream.
 //! - `error_bodies_are_one_line`: `400` and `431` written by the HTTP parser carry sluice's
 //!   one-line body, like every other error sluice answers itself.
 
@@ -347,4 +351,49 @@ read_timeout = "300ms"
     assert_eq!(failure["route"], "/api", "{failure}");
     assert_eq!(failure["server"], silent.addr.to_string(), "{failure}");
     assert_eq!(failure["level"], "WARN", "{failure}");
+}
+
+#[tokio::test]
+async fn handshake_without_origin_is_refused_when_origins_are_listed() {
+    let backend = ws_echo_backend().await;
+    let proxy = spawn_proxy(&one_route(
+        &[backend.addr],
+        r#"allowed_origins = ["https://app.example"]"#,
+    ))
+    .await;
+    let refused = raw_response(proxy.addr, handshake("/", "h", "")).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.body_str(), "origin not allowed\n");
+    let allowed = raw_response(
+        proxy.addr,
+        handshake("/", "h", "Origin: https://app.example\r\n"),
+    )
+    .await;
+    assert_eq!(allowed.status, 101);
+    assert_eq!(
+        backend.count(),
+        1,
+        "only the allowed handshake reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn request_completed_during_drain_gets_503() {
+    let backend = status_backend().await;
+    let mut toml = one_route(&[backend.addr], "");
+    toml.insert_str(0, "[proxy]\nshutdown_timeout = \"5s\"\n");
+    let mut proxy = spawn_proxy(&toml).await;
+
+    let mut client = RawClient::connect(proxy.addr).await;
+    client.send("GET /late HTTP/1.1\r\nHost: h\r\n").await;
+    // Let the proxy read the partial head, then start draining.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.send("\r\n").await;
+    let response = client.read_response().await;
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.body_str(), "service unavailable\n");
+    assert_eq!(backend.count(), 0);
+    within(WAIT, proxy.finished(WAIT)).await;
 }

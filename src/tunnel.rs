@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use crate::server::head::ClientIo;
 use crate::server::limits::ConnPermit;
 use crate::shutdown::Shutdown;
+use crate::upstream::Active;
 
 /// One WebSocket tunnel about to open: who it is for and how long it may idle.
 pub struct Tunnel {
@@ -43,6 +44,8 @@ pub struct Tunnel {
     pub idle_timeout: Duration,
     /// Held until the tunnel closes: a tunnel counts against the connection limits.
     pub permit: Arc<ConnPermit>,
+    /// Held until the tunnel closes: a tunnel counts as open on its server (`least_conn`).
+    pub active: Active,
 }
 
 /// Why a tunnel ended, for the log.

@@ -12,6 +12,7 @@
 //! - `connect_timeout_is_504`
 //! - `read_timeout_is_504`
 //! - `request_already_sent_is_never_retried`
+//! - `least_conn_sends_new_tunnels_to_the_server_with_fewest_open`
 //!
 //! Connect timeouts are produced on loopback only, with [`Blackhole`]: a listener whose
 //! accept queue is full, so the kernel drops further SYNs and connects hang (Linux only:
@@ -329,4 +330,73 @@ async fn request_already_sent_is_never_retried() {
         1,
         "the dropped request was sent again"
     );
+}
+
+/// A WebSocket backend that says its name as its first message.
+async fn named_ws_backend(name: &str) -> WsBackend {
+    ws_backend(WsBehaviour {
+        on_open: vec![Message::text(name)],
+        end_after: None,
+    })
+    .await
+}
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a tunnel through the proxy and returns it with the name of the backend it reached.
+async fn open_tunnel(proxy: SocketAddr) -> (Client, String) {
+    let (mut ws, _) = ws_connect(&format!("ws://{proxy}/"), &[])
+        .await
+        .expect("tunnel opens");
+    let hello = within(WAIT, ws.next()).await.expect("hello").expect("read");
+    let name = hello.into_text().expect("text").as_str().to_owned();
+    (ws, name)
+}
+
+#[tokio::test]
+async fn least_conn_sends_new_tunnels_to_the_server_with_fewest_open() {
+    let a = named_ws_backend("a").await;
+    let b = named_ws_backend("b").await;
+    let proxy = spawn_proxy(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{}", "{}"]
+balance = "least_conn"
+
+[[route]]
+upstream = "app"
+"#,
+        a.addr, b.addr
+    ))
+    .await;
+
+    // Four tunnels spread two and two: each goes to the server with fewer open.
+    let mut tunnels = Vec::new();
+    for _ in 0..4 {
+        tunnels.push(open_tunnel(proxy.addr).await);
+    }
+    let on_a = tunnels.iter().filter(|(_, name)| name == "a").count();
+    assert_eq!(on_a, 2, "four tunnels did not spread two and two");
+
+    // Close both tunnels on "a" (close handshake, then the end of the stream).
+    let (mut to_a, keep): (Vec<_>, Vec<_>) = tunnels.into_iter().partition(|(_, n)| n == "a");
+    for (ws, _) in &mut to_a {
+        within(WAIT, ws.close(None)).await.expect("close");
+        while let Some(Ok(_)) = within(WAIT, ws.next()).await {}
+    }
+    drop(to_a);
+    // The proxy ends a tunnel when both sides have closed; give its tasks a moment to
+    // see the last end of stream.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // "a" has none open, "b" two: the next two tunnels both go to "a". Round robin would
+    // send one of them to "b".
+    let (_t5, fifth) = open_tunnel(proxy.addr).await;
+    let (_t6, sixth) = open_tunnel(proxy.addr).await;
+    assert_eq!((fifth.as_str(), sixth.as_str()), ("a", "a"));
+    drop(keep);
 }

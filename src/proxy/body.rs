@@ -17,6 +17,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::server::head::HeadClock;
 use crate::upstream::connect::{IdlePool, Sender};
+use crate::upstream::Active;
 
 /// What the access log says about one request. Created only when the `access` target is
 /// enabled, so a proxy with the access log off pays nothing for it.
@@ -129,6 +130,8 @@ enum Source {
     Upstream {
         body: Incoming,
         release: Option<(Arc<IdlePool>, Sender)>,
+        /// The request counts as open on its server until the body is done.
+        _active: Active,
     },
     /// A short body sluice wrote itself (an error line), or none.
     Fixed(Option<Bytes>),
@@ -145,9 +148,17 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     /// A relayed upstream body. `release` is the connection to pool once the body ends.
-    pub fn upstream(body: Incoming, release: Option<(Arc<IdlePool>, Sender)>) -> ResponseBody {
+    pub fn upstream(
+        body: Incoming,
+        release: Option<(Arc<IdlePool>, Sender)>,
+        active: Active,
+    ) -> ResponseBody {
         ResponseBody {
-            source: Source::Upstream { body, release },
+            source: Source::Upstream {
+                body,
+                release,
+                _active: active,
+            },
             bytes_out: 0,
             access: None,
             clock: None,
@@ -195,7 +206,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         match &mut this.source {
-            Source::Upstream { body, release } => {
+            Source::Upstream { body, release, .. } => {
                 let polled = Pin::new(body).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -242,7 +253,7 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         // hyper stops polling a body whose length is used up without waiting for the final
         // `None`; the exchange is complete all the same, so the connection is reusable.
-        if let Source::Upstream { body, release } = &mut self.source {
+        if let Source::Upstream { body, release, .. } = &mut self.source {
             if body.is_end_stream() {
                 if let Some((pool, sender)) = release.take() {
                     pool.put(sender);

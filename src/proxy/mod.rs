@@ -219,6 +219,8 @@ async fn forward(
 
     // Pick and connect: a connect failure marks the server and moves on (nothing was sent).
     let (server, sender) = connect_any(pool, &route.label).await.map_err(fail)?;
+    // Open on this server until the response body ends or the tunnel closes.
+    let active = server.open();
     let fail = |err: ProxyError| Failure {
         err,
         route: Some(Arc::clone(&route.label)),
@@ -269,6 +271,7 @@ async fn forward(
             server: Arc::clone(&server.label),
             idle_timeout: route.config.idle_timeout,
             permit: Arc::clone(&conn.permit),
+            active,
         };
         conn.shutdown
             .spawn(tunnel.run(client_upgrade, upstream_upgrade, conn.shutdown.clone()));
@@ -283,7 +286,7 @@ async fn forward(
     let release = pool.keepalive.then(|| (Arc::clone(&server.idle), sender));
     Ok(Response::from_parts(
         parts,
-        ResponseBody::upstream(body, release),
+        ResponseBody::upstream(body, release, active),
     ))
 }
 

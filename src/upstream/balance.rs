@@ -86,15 +86,23 @@ impl Iterator for RingWalk<'_> {
 }
 
 /// A set of server indices that allocates only for pools of more than 128 servers.
-#[derive(Default)]
-struct Seen {
+#[derive(Debug, Default)]
+pub struct Seen {
     small: u128,
     large: Vec<usize>,
 }
 
 impl Seen {
+    pub fn contains(&self, index: usize) -> bool {
+        if index < 128 {
+            self.small & (1u128 << index) != 0
+        } else {
+            self.large.contains(&index)
+        }
+    }
+
     /// Adds `index`; false if it was there already.
-    fn insert(&mut self, index: usize) -> bool {
+    pub fn insert(&mut self, index: usize) -> bool {
         if index < 128 {
             let bit = 1u128 << index;
             let fresh = self.small & bit == 0;

@@ -10,12 +10,13 @@ pub mod connect;
 pub mod health;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::config::{ServerConfig, UpstreamConfig};
+use crate::config::{Balance, ServerConfig, UpstreamConfig};
 use balance::Ring;
 use connect::{ConnectError, IdlePool, Sender};
 use health::PassiveHealth;
@@ -31,9 +32,34 @@ pub struct Server {
     pub label: Arc<str>,
     pub health: PassiveHealth,
     pub idle: Arc<IdlePool>,
+    /// Requests in flight and tunnels open on this server, for `least_conn`.
+    active: AtomicUsize,
+    /// The server's weight, for `least_conn`'s active/weight comparison.
+    weight: u32,
+}
+
+/// One request or tunnel counted as open on a server until it is dropped.
+#[derive(Debug)]
+pub struct Active(Arc<Server>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Server {
+    /// Counts a request or tunnel as open on this server until the guard is dropped.
+    pub fn open(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Active(Arc::clone(self))
+    }
+
+    /// Requests in flight and tunnels open on this server.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
     /// An idle pooled connection, or a new one.
     ///
     /// # Errors
@@ -54,8 +80,12 @@ pub struct Pool {
     pub connect_timeout: Duration,
     /// `keepalive = 0`: every plain request carries `Connection: close` upstream.
     pub keepalive: bool,
+    balance: Balance,
     primaries: Ring,
     backups: Ring,
+    /// Server indices of the primaries and of the backups, for `least_conn`'s scans.
+    primary_indices: Vec<usize>,
+    backup_indices: Vec<usize>,
 }
 
 /// Why a pool could not be built.
@@ -96,6 +126,8 @@ impl Pool {
                     label,
                     health: PassiveHealth::new(cfg.max_fails, cfg.fail_timeout),
                     idle: Arc::new(IdlePool::new(cfg.keepalive)),
+                    active: AtomicUsize::new(0),
+                    weight: server.weight.max(1),
                 }));
                 if server.backup {
                     backups.push((index, server.weight));
@@ -109,55 +141,128 @@ impl Pool {
             servers,
             connect_timeout: cfg.connect_timeout,
             keepalive: cfg.keepalive > 0,
+            balance: cfg.balance,
+            primary_indices: primaries.iter().map(|&(i, _)| i).collect(),
+            backup_indices: backups.iter().map(|&(i, _)| i).collect(),
             primaries: Ring::new(&primaries),
             backups: Ring::new(&backups),
         })
     }
 
     /// The servers this request may try, in order, each at most once: the available
-    /// primaries from the next round-robin position, then the available backups.
+    /// primaries, then the available backups. With `round_robin` the order starts at the
+    /// next position of the weighted ring; with `least_conn` each next candidate is the one
+    /// with the fewest open requests and tunnels for its weight, ties going round robin.
     /// Servers taken out by passive health are skipped; an empty sequence means `502`.
     pub fn candidates(&self) -> Candidates<'_> {
-        let primary_start = self.primaries.next_start();
-        Candidates {
-            pool: self,
-            primaries: self.primaries.walk(primary_start),
-            backups: None,
-        }
+        let order = match self.balance {
+            Balance::LeastConn => Order::LeastConn {
+                start: self.primaries.next_start(),
+                seen: balance::Seen::default(),
+                in_backups: false,
+            },
+            // `hash` is refused by validation; round robin is the safe reading of it.
+            Balance::RoundRobin | Balance::Hash => Order::RoundRobin {
+                primaries: self.primaries.walk(self.primaries.next_start()),
+                backups: None,
+            },
+        };
+        Candidates { pool: self, order }
     }
 }
 
 /// Iterator of [`Pool::candidates`].
 pub struct Candidates<'a> {
     pool: &'a Pool,
-    primaries: balance::RingWalk<'a>,
-    backups: Option<balance::RingWalk<'a>>,
+    order: Order<'a>,
+}
+
+enum Order<'a> {
+    RoundRobin {
+        primaries: balance::RingWalk<'a>,
+        backups: Option<balance::RingWalk<'a>>,
+    },
+    LeastConn {
+        /// Rotates which of equally loaded servers goes first.
+        start: usize,
+        seen: balance::Seen,
+        in_backups: bool,
+    },
 }
 
 impl<'a> Iterator for Candidates<'a> {
     type Item = &'a Arc<Server>;
 
     fn next(&mut self) -> Option<&'a Arc<Server>> {
-        for index in self.primaries.by_ref() {
-            let server = &self.pool.servers[index];
-            if server.health.is_available() {
-                return Some(server);
+        let pool = self.pool;
+        match &mut self.order {
+            Order::RoundRobin { primaries, backups } => {
+                for index in primaries.by_ref() {
+                    let server = &pool.servers[index];
+                    if server.health.is_available() {
+                        return Some(server);
+                    }
+                }
+                if pool.backups.is_empty() {
+                    return None;
+                }
+                let backups =
+                    backups.get_or_insert_with(|| pool.backups.walk(pool.backups.next_start()));
+                for index in backups.by_ref() {
+                    let server = &pool.servers[index];
+                    if server.health.is_available() {
+                        return Some(server);
+                    }
+                }
+                None
+            }
+            Order::LeastConn {
+                start,
+                seen,
+                in_backups,
+            } => {
+                if !*in_backups {
+                    if let Some(server) = least_loaded(pool, &pool.primary_indices, *start, seen) {
+                        return Some(server);
+                    }
+                    *in_backups = true;
+                }
+                least_loaded(pool, &pool.backup_indices, *start, seen)
             }
         }
-        if self.pool.backups.is_empty() {
-            return None;
-        }
-        let backups = self
-            .backups
-            .get_or_insert_with(|| self.pool.backups.walk(self.pool.backups.next_start()));
-        for index in backups.by_ref() {
-            let server = &self.pool.servers[index];
-            if server.health.is_available() {
-                return Some(server);
-            }
-        }
-        None
     }
+}
+
+/// The available server among `indices` not yet `seen` with the fewest open requests and
+/// tunnels per unit of weight; among equals, the first from `start` round the list.
+fn least_loaded<'a>(
+    pool: &'a Pool,
+    indices: &[usize],
+    start: usize,
+    seen: &mut balance::Seen,
+) -> Option<&'a Arc<Server>> {
+    let mut best: Option<(usize, &'a Arc<Server>)> = None;
+    for step in 0..indices.len() {
+        let index = indices[(start + step) % indices.len()];
+        let server = &pool.servers[index];
+        if seen.contains(index) || !server.health.is_available() {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            // a/wa < b/wb without division: a*wb < b*wa.
+            Some((_, current)) => {
+                (server.active() as u128) * u128::from(current.weight)
+                    < (current.active() as u128) * u128::from(server.weight)
+            }
+        };
+        if better {
+            best = Some((index, server));
+        }
+    }
+    let (index, server) = best?;
+    seen.insert(index);
+    Some(server)
 }
 
 async fn resolve(

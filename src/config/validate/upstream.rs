@@ -209,10 +209,11 @@ impl Cx {
         let path = f.key_path("balance");
         match text {
             "round_robin" => return Balance::RoundRobin,
-            "least_conn" | "hash" => self.push(
+            "least_conn" => return Balance::LeastConn,
+            "hash" => self.push(
                 node,
                 &path,
-                format!("{text:?} is not supported yet (remove it; only \"round_robin\" is built so far)"),
+                format!("{text:?} is not supported yet (remove it; only \"round_robin\" and \"least_conn\" are built so far)"),
             ),
             _ => self.push(node, &path, format!("{text:?} is not a balance method ({hint})")),
         }

@@ -13,6 +13,7 @@
 //! - `read_timeout_is_504`
 //! - `request_already_sent_is_never_retried`
 //! - `least_conn_sends_new_tunnels_to_the_server_with_fewest_open`
+//! - `hash_sends_a_key_to_one_server_and_independent_proxies_agree`
 //!
 //! Connect timeouts are produced on loopback only, with [`Blackhole`]: a listener whose
 //! accept queue is full, so the kernel drops further SYNs and connects hang (Linux only:
@@ -399,4 +400,62 @@ upstream = "app"
     let (_t6, sixth) = open_tunnel(proxy.addr).await;
     assert_eq!((fifth.as_str(), sixth.as_str()), ("a", "a"));
     drop(keep);
+}
+
+/// `GET /` as user `user` (header `X-User`), and the body of the answer.
+async fn pick_as(proxy: SocketAddr, user: &str) -> String {
+    let response = raw_response(
+        proxy,
+        format!("GET / HTTP/1.1\r\nHost: h\r\nX-User: {user}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.body_str()
+}
+
+#[tokio::test]
+async fn hash_sends_a_key_to_one_server_and_independent_proxies_agree() {
+    let a = named_backend("a").await;
+    let b = named_backend("b").await;
+    let config = format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{}", "{}"]
+balance = "hash"
+hash_key = "header:X-User"
+
+[[route]]
+upstream = "app"
+"#,
+        a.addr, b.addr
+    );
+    let first = spawn_proxy(&config).await;
+    let second = spawn_proxy(&config).await;
+
+    let mut spread = std::collections::BTreeMap::new();
+    for n in 0..24 {
+        let user = format!("user-{n}");
+        let chosen = pick_as(first.addr, &user).await;
+        for _ in 0..2 {
+            assert_eq!(pick_as(first.addr, &user).await, chosen, "{user} moved");
+        }
+        assert_eq!(
+            pick_as(second.addr, &user).await,
+            chosen,
+            "another instance sent {user} elsewhere"
+        );
+        *spread.entry(chosen).or_insert(0) += 1;
+    }
+    assert_eq!(
+        spread.len(),
+        2,
+        "24 keys all went to one server: {spread:?}"
+    );
+
+    // Without the key the request is still served (balanced round robin).
+    let plain = raw_response(first.addr, "GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(plain.status, 200);
 }

@@ -974,11 +974,10 @@ addr = "127.0.0.1:9901"
         "sluice.toml:2:12: proxy.resolver: not supported yet (remove it; upstream host names are resolved by the system resolver)",
         "sluice.toml:6:7: listener[0].tls: not supported yet (remove it; until TLS termination is built, terminate TLS in front of sluice)",
         "sluice.toml:10:7: listener[1].tls: not supported yet (remove it; until TLS termination is built, terminate TLS in front of sluice)",
-        r#"sluice.toml:15:12: upstream.a.hash_key: not supported yet (remove it; it only applies to balance = "hash", not built yet)"#,
+        r#"sluice.toml:15:12: upstream.a.hash_key: only used with balance = "hash" (set balance = "hash", or remove it)"#,
         "sluice.toml:16:16: upstream.a.health_check: not supported yet (remove it; only passive health, via max_fails and fail_timeout, is built so far)",
         "sluice.toml:17:7: upstream.a.tls: not supported yet (remove it; sluice connects to upstreams over plain TCP for now)",
         "sluice.toml:18:20: upstream.a.resolve_interval: not supported yet (remove it; host names are resolved once, at start)",
-        r#"sluice.toml:22:11: upstream.b.balance: "hash" is not supported yet (remove it; only "round_robin" and "least_conn" are built so far)"#,
         "sluice.toml:23:7: upstream.b.tls: not supported yet (remove it; sluice connects to upstreams over plain TCP for now)",
         "sluice.toml:28:1: admin: not supported yet (remove it; the admin endpoint is not built yet)",
     ]);
@@ -1046,6 +1045,32 @@ fn run_with_a_bad_file_exits_1_with_the_same_problems() {
     assert_problems(&checked, &problems);
     let ran = sluice(&dir.0, &["run", "-c", "sluice.toml"]);
     assert_problems(&ran, &problems);
+}
+
+#[test]
+fn hash_with_a_key_is_accepted() {
+    let out = check(
+        r#"[[listener]]
+addr = "0.0.0.0:8080"
+
+[upstream.chat]
+servers = ["127.0.0.1:3000", "127.0.0.1:3001"]
+balance = "hash"
+hash_key = "cookie:sid"
+
+[[route]]
+upstream = "chat"
+"#,
+    );
+    assert_ok(
+        &out,
+        &[
+            "ok: 1 listener, 1 route, 1 upstream (2 servers)",
+            "listener 0.0.0.0:8080",
+            "route / -> chat",
+            "upstream chat: hash, 127.0.0.1:3000, 127.0.0.1:3001",
+        ],
+    );
 }
 
 #[test]

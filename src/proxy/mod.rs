@@ -193,6 +193,18 @@ async fn forward(
         return Err(fail(ProxyError::OriginNotAllowed));
     }
 
+    // The balancing key, read before the headers are rewritten.
+    let balance_key = if route.pool.hashes() {
+        crate::upstream::ring::request_key(
+            &route.pool.hash_key,
+            req.headers(),
+            req.uri().path(),
+            conn.peer_ip.as_bytes(),
+        )
+    } else {
+        None
+    };
+
     // Rewrite: everything that does not depend on the server.
     let client_upgrade = key.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let pool = &route.pool;
@@ -218,7 +230,9 @@ async fn forward(
     );
 
     // Pick and connect: a connect failure marks the server and moves on (nothing was sent).
-    let (server, sender) = connect_any(pool, &route.label).await.map_err(fail)?;
+    let (server, sender) = connect_any(pool, balance_key, &route.label)
+        .await
+        .map_err(fail)?;
     // Open on this server until the response body ends or the tunnel closes.
     let active = server.open();
     let fail = |err: ProxyError| Failure {
@@ -293,10 +307,11 @@ async fn forward(
 /// The first candidate that can be reached, in balancing order, each tried once.
 async fn connect_any<'a>(
     pool: &'a Pool,
+    balance_key: Option<u32>,
     route: &Arc<str>,
 ) -> Result<(&'a Arc<Server>, Sender), ProxyError> {
     let mut last: Option<ConnectError> = None;
-    for server in pool.candidates() {
+    for server in pool.candidates(balance_key) {
         match server.connection(pool.connect_timeout).await {
             Ok(sender) => return Ok((server, sender)),
             Err(err) => {

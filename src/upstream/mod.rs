@@ -8,6 +8,7 @@
 pub mod balance;
 pub mod connect;
 pub mod health;
+pub mod ring;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::config::{Balance, ServerConfig, UpstreamConfig};
+use crate::config::{Balance, HashKey, ServerConfig, UpstreamConfig};
 use balance::Ring;
 use connect::{ConnectError, IdlePool, Sender};
 use health::PassiveHealth;
@@ -81,6 +82,10 @@ pub struct Pool {
     /// `keepalive = 0`: every plain request carries `Connection: close` upstream.
     pub keepalive: bool,
     balance: Balance,
+    /// What `balance = "hash"` hashes.
+    pub hash_key: HashKey,
+    /// The primaries on the consistent-hash circle (empty unless `balance = "hash"`).
+    hash_ring: ring::HashRing,
     primaries: Ring,
     backups: Ring,
     /// Server indices of the primaries and of the backups, for `least_conn`'s scans.
@@ -111,6 +116,8 @@ impl Pool {
         let mut servers = Vec::new();
         let mut primaries = Vec::new();
         let mut backups = Vec::new();
+        // The hash input per primary: as written for an IP, as resolved for a name.
+        let mut ring_names: Vec<(usize, u32, String)> = Vec::new();
         for server in &cfg.servers {
             for addr in resolve(cfg, server).await? {
                 let index = servers.len();
@@ -133,15 +140,40 @@ impl Pool {
                     backups.push((index, server.weight));
                 } else {
                     primaries.push((index, server.weight));
+                    let name = if server.host.parse::<std::net::IpAddr>().is_ok() {
+                        server.addr.clone()
+                    } else {
+                        addr.to_string()
+                    };
+                    ring_names.push((index, server.weight, name));
                 }
             }
         }
+        let hash_ring = if cfg.balance == Balance::Hash {
+            let members: Vec<ring::Member<'_>> = ring_names
+                .iter()
+                .map(|(index, weight, name)| {
+                    let (host, port) = name.rsplit_once(':').unwrap_or((name.as_str(), ""));
+                    ring::Member {
+                        index: *index,
+                        weight: *weight,
+                        host,
+                        port,
+                    }
+                })
+                .collect();
+            ring::HashRing::new(&members)
+        } else {
+            ring::HashRing::default()
+        };
         Ok(Pool {
             name: Arc::from(cfg.name.as_str()),
             servers,
             connect_timeout: cfg.connect_timeout,
             keepalive: cfg.keepalive > 0,
             balance: cfg.balance,
+            hash_key: cfg.hash_key.clone(),
+            hash_ring,
             primary_indices: primaries.iter().map(|&(i, _)| i).collect(),
             backup_indices: backups.iter().map(|&(i, _)| i).collect(),
             primaries: Ring::new(&primaries),
@@ -149,20 +181,30 @@ impl Pool {
         })
     }
 
+    /// Whether picks depend on a per-request key (`balance = "hash"`).
+    pub fn hashes(&self) -> bool {
+        self.balance == Balance::Hash
+    }
+
     /// The servers this request may try, in order, each at most once: the available
     /// primaries, then the available backups. With `round_robin` the order starts at the
     /// next position of the weighted ring; with `least_conn` each next candidate is the one
-    /// with the fewest open requests and tunnels for its weight, ties going round robin.
-    /// Servers taken out by passive health are skipped; an empty sequence means `502`.
-    pub fn candidates(&self) -> Candidates<'_> {
-        let order = match self.balance {
-            Balance::LeastConn => Order::LeastConn {
+    /// with the fewest open requests and tunnels for its weight, ties going round robin;
+    /// with `hash` it is the consistent-hash circle from `key` (a request without the key
+    /// is balanced round robin). Servers taken out by passive health are skipped; an empty
+    /// sequence means `502`.
+    pub fn candidates(&self, key: Option<u32>) -> Candidates<'_> {
+        let order = match (self.balance, key) {
+            (Balance::LeastConn, _) => Order::LeastConn {
                 start: self.primaries.next_start(),
                 seen: balance::Seen::default(),
                 in_backups: false,
             },
-            // `hash` is refused by validation; round robin is the safe reading of it.
-            Balance::RoundRobin | Balance::Hash => Order::RoundRobin {
+            (Balance::Hash, Some(key)) if !self.hash_ring.is_empty() => Order::Hash {
+                primaries: self.hash_ring.walk(key),
+                backups: None,
+            },
+            _ => Order::RoundRobin {
                 primaries: self.primaries.walk(self.primaries.next_start()),
                 backups: None,
             },
@@ -178,6 +220,10 @@ pub struct Candidates<'a> {
 }
 
 enum Order<'a> {
+    Hash {
+        primaries: ring::HashWalk<'a>,
+        backups: Option<balance::RingWalk<'a>>,
+    },
     RoundRobin {
         primaries: balance::RingWalk<'a>,
         backups: Option<balance::RingWalk<'a>>,
@@ -196,25 +242,11 @@ impl<'a> Iterator for Candidates<'a> {
     fn next(&mut self) -> Option<&'a Arc<Server>> {
         let pool = self.pool;
         match &mut self.order {
+            Order::Hash { primaries, backups } => {
+                first_available(pool, primaries).or_else(|| next_backup(pool, backups))
+            }
             Order::RoundRobin { primaries, backups } => {
-                for index in primaries.by_ref() {
-                    let server = &pool.servers[index];
-                    if server.health.is_available() {
-                        return Some(server);
-                    }
-                }
-                if pool.backups.is_empty() {
-                    return None;
-                }
-                let backups =
-                    backups.get_or_insert_with(|| pool.backups.walk(pool.backups.next_start()));
-                for index in backups.by_ref() {
-                    let server = &pool.servers[index];
-                    if server.health.is_available() {
-                        return Some(server);
-                    }
-                }
-                None
+                first_available(pool, primaries).or_else(|| next_backup(pool, backups))
             }
             Order::LeastConn {
                 start,
@@ -231,6 +263,27 @@ impl<'a> Iterator for Candidates<'a> {
             }
         }
     }
+}
+
+/// The next server from `walk` that passive health allows.
+fn first_available<'a>(
+    pool: &'a Pool,
+    walk: &mut impl Iterator<Item = usize>,
+) -> Option<&'a Arc<Server>> {
+    walk.map(|index| &pool.servers[index])
+        .find(|server| server.health.is_available())
+}
+
+/// The next available backup, round robin; the walk starts on first use.
+fn next_backup<'a>(
+    pool: &'a Pool,
+    backups: &mut Option<balance::RingWalk<'a>>,
+) -> Option<&'a Arc<Server>> {
+    if pool.backups.is_empty() {
+        return None;
+    }
+    let walk = backups.get_or_insert_with(|| pool.backups.walk(pool.backups.next_start()));
+    first_available(pool, walk)
 }
 
 /// The available server among `indices` not yet `seen` with the fewest open requests and

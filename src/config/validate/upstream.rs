@@ -66,7 +66,7 @@ impl Cx {
         let f = Fields::new(node, table, path, UPSTREAM_KEYS, &mut self.problems);
         let servers = self.servers(&f);
         let balance = self.balance(&f);
-        let hash_key = self.hash_key(&f);
+        let hash_key = self.hash_key(&f, balance);
         let connect_timeout = self.duration(&f, "connect_timeout", Duration::from_secs(5), false);
         let max_fails = self.integer(&f, "max_fails", 0, 1000).map_or(1, to_u32);
         let fail_timeout = self.duration(&f, "fail_timeout", Duration::from_secs(10), false);
@@ -210,17 +210,17 @@ impl Cx {
         match text {
             "round_robin" => return Balance::RoundRobin,
             "least_conn" => return Balance::LeastConn,
-            "hash" => self.push(
+            "hash" => return Balance::Hash,
+            _ => self.push(
                 node,
                 &path,
-                format!("{text:?} is not supported yet (remove it; only \"round_robin\" and \"least_conn\" are built so far)"),
+                format!("{text:?} is not a balance method ({hint})"),
             ),
-            _ => self.push(node, &path, format!("{text:?} is not a balance method ({hint})")),
         }
         Balance::RoundRobin
     }
 
-    fn hash_key(&mut self, f: &Fields<'_>) -> HashKey {
+    fn hash_key(&mut self, f: &Fields<'_>, balance: Balance) -> HashKey {
         let Some((text, node)) = f.string("hash_key", forms::HASH_KEY_HINT, &mut self.problems)
         else {
             return HashKey::Ip;
@@ -228,11 +228,15 @@ impl Cx {
         let path = f.key_path("hash_key");
         match forms::hash_key(text) {
             Ok(key) => {
-                self.not_yet(
-                    node,
-                    &path,
-                    "it only applies to balance = \"hash\", not built yet",
-                );
+                if balance != Balance::Hash {
+                    // Not an error of form, but a setting that would do nothing.
+                    self.push(
+                        node,
+                        &path,
+                        "only used with balance = \"hash\" (set balance = \"hash\", or remove it)"
+                            .to_owned(),
+                    );
+                }
                 key
             }
             Err(message) => {

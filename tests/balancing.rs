@@ -14,6 +14,7 @@
 //! - `request_already_sent_is_never_retried`
 //! - `least_conn_sends_new_tunnels_to_the_server_with_fewest_open`
 //! - `hash_sends_a_key_to_one_server_and_independent_proxies_agree`
+//! - `health_checks_take_a_failing_server_out_and_bring_it_back`
 //!
 //! Connect timeouts are produced on loopback only, with [`Blackhole`]: a listener whose
 //! accept queue is full, so the kernel drops further SYNs and connects hang (Linux only:
@@ -458,4 +459,81 @@ upstream = "app"
     // Without the key the request is still served (balanced round robin).
     let plain = raw_response(first.addr, "GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
     assert_eq!(plain.status, 200);
+}
+
+#[tokio::test]
+async fn health_checks_take_a_failing_server_out_and_bring_it_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&healthy);
+    let a = http_backend(move |seen| {
+        let up = flag.load(Ordering::SeqCst);
+        async move {
+            match (seen.uri.path(), up) {
+                ("/healthz", true) => text(200, "ok"),
+                ("/healthz", false) => text(503, "down"),
+                _ => text(200, "a"),
+            }
+        }
+    })
+    .await;
+    let b = named_backend("b").await;
+    let proxy = spawn_proxy(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{}", "{}"]
+max_fails = 0
+health_check = {{ path = "/healthz", interval = "100ms", timeout = "1s", healthy = 2, unhealthy = 2 }}
+
+[[route]]
+upstream = "app"
+"#,
+        a.addr, b.addr
+    ))
+    .await;
+
+    // Both in: round robin reaches "a".
+    eventually(WAIT, "\"a\" serves while healthy", || async {
+        pick(proxy.addr).await == "a"
+    })
+    .await;
+
+    // "a" starts failing its checks: after two failures it gets no more requests.
+    healthy.store(false, Ordering::SeqCst);
+    eventually(WAIT, "\"a\" is taken out", || async {
+        let mut picks = Vec::new();
+        for _ in 0..4 {
+            picks.push(pick(proxy.addr).await);
+        }
+        picks.iter().all(|p| p == "b")
+    })
+    .await;
+    let served_by_a = a.seen().iter().filter(|s| s.uri.path() == "/").count();
+    for _ in 0..6 {
+        assert_eq!(pick(proxy.addr).await, "b");
+    }
+    assert_eq!(
+        a.seen().iter().filter(|s| s.uri.path() == "/").count(),
+        served_by_a,
+        "a server taken out still got requests"
+    );
+    let probe = a
+        .seen()
+        .into_iter()
+        .find(|s| s.uri.path() == "/healthz")
+        .expect("a health check reached the backend");
+    assert_eq!(probe.method, http::Method::GET);
+    assert_eq!(probe.headers["host"], a.addr.to_string().as_str());
+
+    // Passing again: back in after two passes.
+    healthy.store(true, Ordering::SeqCst);
+    eventually(WAIT, "\"a\" comes back", || async {
+        pick(proxy.addr).await == "a"
+    })
+    .await;
 }

@@ -975,7 +975,6 @@ addr = "127.0.0.1:9901"
         "sluice.toml:6:7: listener[0].tls: not supported yet (remove it; until TLS termination is built, terminate TLS in front of sluice)",
         "sluice.toml:10:7: listener[1].tls: not supported yet (remove it; until TLS termination is built, terminate TLS in front of sluice)",
         r#"sluice.toml:15:12: upstream.a.hash_key: only used with balance = "hash" (set balance = "hash", or remove it)"#,
-        "sluice.toml:16:16: upstream.a.health_check: not supported yet (remove it; only passive health, via max_fails and fail_timeout, is built so far)",
         "sluice.toml:17:7: upstream.a.tls: not supported yet (remove it; sluice connects to upstreams over plain TCP for now)",
         "sluice.toml:18:20: upstream.a.resolve_interval: not supported yet (remove it; host names are resolved once, at start)",
         "sluice.toml:23:7: upstream.b.tls: not supported yet (remove it; sluice connects to upstreams over plain TCP for now)",

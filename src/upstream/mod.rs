@@ -6,12 +6,13 @@
 //! snapshot and never waits on a pool-wide lock.
 
 pub mod balance;
+pub mod check;
 pub mod connect;
 pub mod health;
 pub mod ring;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct Server {
     active: AtomicUsize,
     /// The server's weight, for `least_conn`'s active/weight comparison.
     weight: u32,
+    /// Whether active health checks let it in (always true without `health_check`).
+    checked_up: AtomicBool,
 }
 
 /// One request or tunnel counted as open on a server until it is dropped.
@@ -54,6 +57,12 @@ impl Server {
     pub fn open(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::Relaxed);
         Active(Arc::clone(self))
+    }
+
+    /// Whether the server may be picked now: active checks (if any) let it in and passive
+    /// health has not taken it out.
+    pub fn is_available(&self) -> bool {
+        self.checked_up.load(Ordering::Relaxed) && self.health.is_available()
     }
 
     /// Requests in flight and tunnels open on this server.
@@ -91,6 +100,8 @@ pub struct Pool {
     /// Server indices of the primaries and of the backups, for `least_conn`'s scans.
     primary_indices: Vec<usize>,
     backup_indices: Vec<usize>,
+    /// The active health checkers, cancelled when the pool is dropped.
+    _checkers: Option<check::Checkers>,
 }
 
 /// Why a pool could not be built.
@@ -135,6 +146,7 @@ impl Pool {
                     idle: Arc::new(IdlePool::new(cfg.keepalive)),
                     active: AtomicUsize::new(0),
                     weight: server.weight.max(1),
+                    checked_up: AtomicBool::new(true),
                 }));
                 if server.backup {
                     backups.push((index, server.weight));
@@ -166,8 +178,16 @@ impl Pool {
         } else {
             ring::HashRing::default()
         };
+        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let checkers = cfg.health_check.as_ref().map(|health| {
+            let stop = tokio_util::sync::CancellationToken::new();
+            for server in &servers {
+                check::spawn(server, Arc::clone(&name), health.clone(), stop.clone());
+            }
+            check::Checkers::new(stop)
+        });
         Ok(Pool {
-            name: Arc::from(cfg.name.as_str()),
+            name,
             servers,
             connect_timeout: cfg.connect_timeout,
             keepalive: cfg.keepalive > 0,
@@ -176,6 +196,7 @@ impl Pool {
             hash_ring,
             primary_indices: primaries.iter().map(|&(i, _)| i).collect(),
             backup_indices: backups.iter().map(|&(i, _)| i).collect(),
+            _checkers: checkers,
             primaries: Ring::new(&primaries),
             backups: Ring::new(&backups),
         })
@@ -271,7 +292,7 @@ fn first_available<'a>(
     walk: &mut impl Iterator<Item = usize>,
 ) -> Option<&'a Arc<Server>> {
     walk.map(|index| &pool.servers[index])
-        .find(|server| server.health.is_available())
+        .find(|server| server.is_available())
 }
 
 /// The next available backup, round robin; the walk starts on first use.
@@ -298,7 +319,7 @@ fn least_loaded<'a>(
     for step in 0..indices.len() {
         let index = indices[(start + step) % indices.len()];
         let server = &pool.servers[index];
-        if seen.contains(index) || !server.health.is_available() {
+        if seen.contains(index) || !server.is_available() {
             continue;
         }
         let better = match best {

@@ -10,6 +10,7 @@
 //!   rewrite, forward, relay or upgrade, log) and its pure protocol rules.
 //! - [`tunnel`]: the bidirectional copy after a checked `101`, with idle timeout and counters.
 //! - [`upstream`]: server pools, balancing, passive health, upstream connections.
+//! - [`resources`]: the file-descriptor limit, and running out of descriptors.
 //! - [`shutdown`]: stop-accepting signal and tracking of in-flight connections and tunnels.
 //! - [`lifecycle`]: `sluice run`: signals, drain, exit codes.
 //! - [`demo`]: `sluice demo`: two in-process echo backends behind the proxy, with a page.
@@ -21,6 +22,7 @@ pub mod demo;
 pub mod lifecycle;
 pub mod logging;
 pub mod proxy;
+pub mod resources;
 pub mod server;
 pub mod shutdown;
 pub mod tunnel;

@@ -49,6 +49,10 @@ pub fn tokio_runtime() -> Result<tokio::runtime::Runtime, StartError> {
 /// The config is invalid, or the proxy cannot start; nothing was served then.
 pub fn run_from_file(path: &Path) -> Result<(), StartError> {
     let config = Config::load(path)?;
+    match crate::resources::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(err) => tracing::warn!(cause = %err, "cannot raise the file descriptor limit"),
+    }
     tokio_runtime()?.block_on(async move {
         let mut signals = Signals::install()?;
         let running = Server::bind(config).await?.start();

@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::server::head::ClientIo;
-use crate::server::limits::ConnPermit;
+use crate::server::limits::{ConnPermit, TunnelPermit};
 use crate::shutdown::Shutdown;
 use crate::upstream::Active;
 
@@ -44,6 +44,8 @@ pub struct Tunnel {
     pub idle_timeout: Duration,
     /// Held until the tunnel closes: a tunnel counts against the connection limits.
     pub permit: Arc<ConnPermit>,
+    /// Held until the tunnel closes: its place under `max_tunnels_per_ip`.
+    pub tunnel_permit: Option<TunnelPermit>,
     /// Held until the tunnel closes: a tunnel counts as open on its server (`least_conn`).
     pub active: Active,
 }

@@ -280,12 +280,12 @@ websockets = false
 "#,
     );
     assert_problems(&out, &[
-        "sluice.toml:2:1: proxy.shutdown_timout: unknown key (allowed: shutdown_timeout, max_connections, max_connections_per_ip, resolver, trusted_proxies)",
+        "sluice.toml:2:1: proxy.shutdown_timout: unknown key (allowed: shutdown_timeout, max_connections, max_connections_per_ip, max_tunnels_per_ip, resolver, trusted_proxies)",
         r#"sluice.toml:4:1: listener[0].addr: missing (required: an IP address and a port, e.g. "0.0.0.0:8080" or "[::]:8080")"#,
-        "sluice.toml:5:1: listener[0].adress: unknown key (allowed: addr, tls, header_timeout, max_header_bytes)",
-        "sluice.toml:8:39: upstream.backend.servers[0].wieght: unknown key (allowed: addr, weight, backup)",
-        "sluice.toml:9:1: upstream.backend.balanse: unknown key (allowed: servers, balance, hash_key, connect_timeout, max_fails, fail_timeout, health_check, keepalive, tls, resolve_interval)",
-        "sluice.toml:13:1: route[0].websockets: unknown key (allowed: host, path, upstream, strip_prefix, websocket, allowed_origins, host_header, set_headers, read_timeout, idle_timeout)",
+        "sluice.toml:5:1: listener[0].adress: unknown key (allowed: addr, tls, header_timeout, max_header_bytes, body_timeout, send_timeout)",
+        "sluice.toml:8:39: upstream.backend.servers[0].wieght: unknown key (allowed: addr, weight, backup, drain)",
+        "sluice.toml:9:1: upstream.backend.balanse: unknown key (allowed: servers, balance, hash_key, connect_timeout, max_fails, fail_timeout, health_check, keepalive, tls, resolve_interval, drain_timeout)",
+        "sluice.toml:13:1: route[0].websockets: unknown key (allowed: host, path, upstream, strip_prefix, websocket, allowed_origins, host_header, set_headers, read_timeout, idle_timeout, ping_interval, max_message_bytes)",
     ]);
 }
 
@@ -809,7 +809,7 @@ upstream = "b"
     let both = r#"("host:port", or a table { addr = "host:port", weight = 1, backup = false })"#;
     assert_problems(&out, &[
         r#"sluice.toml:5:12: upstream.b.servers[0].addr: missing (required: "host:port")"#,
-        "sluice.toml:5:14: upstream.b.servers[0].adr: unknown key (allowed: addr, weight, backup)",
+        "sluice.toml:5:14: upstream.b.servers[0].adr: unknown key (allowed: addr, weight, backup, drain)",
         r#"sluice.toml:5:46: upstream.b.servers[1].addr: expected a string, found an integer ("host:port", e.g. "127.0.0.1:3000" or "app.internal:3000")"#,
         "sluice.toml:5:85: upstream.b.servers[2].backup: expected true or false, found a string",
         &format!("sluice.toml:5:94: upstream.b.servers[3]: expected a string or a table, found an integer {both}"),
@@ -895,7 +895,7 @@ shutdown_timeout = "30 s"
         "sluice.toml:7:66: upstream.backend.servers[1].weight: 0 is out of range (1 to 1000)",
         "sluice.toml:8:13: upstream.backend.max_fails: expected an integer, found a string (0 to 1000)",
         r#"sluice.toml:10:1: listener[0].addr: missing (required: an IP address and a port, e.g. "0.0.0.0:8080" or "[::]:8080")"#,
-        "sluice.toml:11:1: listener[0].adress: unknown key (allowed: addr, tls, header_timeout, max_header_bytes)",
+        "sluice.toml:11:1: listener[0].adress: unknown key (allowed: addr, tls, header_timeout, max_header_bytes, body_timeout, send_timeout)",
         &format!(r#"sluice.toml:14:20: proxy.shutdown_timeout: "30 s" is not a duration {DURATION_HINT}"#),
     ]);
 }
@@ -1038,7 +1038,7 @@ fn run_with_a_bad_file_exits_1_with_the_same_problems() {
     let checked = sluice(&dir.0, &["check", "-c", "sluice.toml"]);
     let problems = [
         r#"sluice.toml:1:1: listener[0].addr: missing (required: an IP address and a port, e.g. "0.0.0.0:8080" or "[::]:8080")"#,
-        "sluice.toml:2:1: listener[0].adress: unknown key (allowed: addr, tls, header_timeout, max_header_bytes)",
+        "sluice.toml:2:1: listener[0].adress: unknown key (allowed: addr, tls, header_timeout, max_header_bytes, body_timeout, send_timeout)",
         r#"sluice.toml:5:12: route[0].upstream: no upstream named "backnd" (no [upstream.NAME] is defined)"#,
     ];
     assert_problems(&checked, &problems);

@@ -47,6 +47,8 @@ pub struct ProxySettings {
     pub max_connections: usize,
     /// Default none (no per-IP limit); at least 1 when set.
     pub max_connections_per_ip: Option<usize>,
+    /// Default none; WebSocket tunnels held at once from one client address.
+    pub max_tunnels_per_ip: Option<usize>,
     /// `IP:PORT` of a DNS server; `None` means the system resolver.
     pub resolver: Option<SocketAddr>,
     /// Peers whose `X-Forwarded-*` headers are believed.
@@ -63,6 +65,10 @@ pub struct ListenerConfig {
     pub header_timeout: Duration,
     /// Default 65536. At least 1024.
     pub max_header_bytes: usize,
+    /// Default 60s: the longest wait for the next byte of a request body.
+    pub body_timeout: Duration,
+    /// Default 60s: the longest a write to the client may make no progress.
+    pub send_timeout: Duration,
 }
 
 /// One `{ cert, key }` table of a listener's `tls`; paths already made absolute.

@@ -31,10 +31,18 @@ const PROXY_KEYS: &[&str] = &[
     "shutdown_timeout",
     "max_connections",
     "max_connections_per_ip",
+    "max_tunnels_per_ip",
     "resolver",
     "trusted_proxies",
 ];
-const LISTENER_KEYS: &[&str] = &["addr", "tls", "header_timeout", "max_header_bytes"];
+const LISTENER_KEYS: &[&str] = &[
+    "addr",
+    "tls",
+    "header_timeout",
+    "max_header_bytes",
+    "body_timeout",
+    "send_timeout",
+];
 /// Ceiling for the connection limits: far above any real file-descriptor limit, and far
 /// below tokio's `Semaphore::MAX_PERMITS`, whose constructor panics past it.
 const MAX_CONNECTIONS_LIMIT: i64 = 10_000_000;
@@ -99,6 +107,18 @@ impl Cx {
             path,
             format!("not supported yet (remove it; {reason})"),
         );
+    }
+
+    /// A duration key whose behaviour is not built yet: checked for form, then refused.
+    fn duration_not_yet(&mut self, f: &Fields<'_>, key: &str, reason: &str) {
+        let Some(node) = f.get(key) else {
+            return;
+        };
+        let before = self.problems.len();
+        self.duration(f, key, Duration::ZERO, false);
+        if self.problems.len() == before {
+            self.not_yet(node, &f.key_path(key), reason);
+        }
     }
 
     /// `node` as a table, or a "wrong type" problem (`hint` says what the table holds).
@@ -236,6 +256,9 @@ impl Cx {
         if let Some(n) = self.integer(&f, "max_connections_per_ip", 1, MAX_CONNECTIONS_LIMIT) {
             settings.max_connections_per_ip = Some(to_usize(n));
         }
+        if let Some(n) = self.integer(&f, "max_tunnels_per_ip", 1, MAX_CONNECTIONS_LIMIT) {
+            settings.max_tunnels_per_ip = Some(to_usize(n));
+        }
         if let Some(node) = f.get("resolver") {
             let path = f.key_path("resolver");
             if let Some(addr) = self.ip_port(node, &path, false) {
@@ -301,12 +324,16 @@ impl Cx {
             let max_header_bytes = self
                 .integer(&f, "max_header_bytes", 1024, 1_048_576)
                 .map_or(65_536, to_usize);
+            let body_timeout = self.duration(&f, "body_timeout", Duration::from_secs(60), false);
+            let send_timeout = self.duration(&f, "send_timeout", Duration::from_secs(60), false);
             if let Some(addr) = addr {
                 listeners.push(ListenerConfig {
                     addr,
                     tls,
                     header_timeout,
                     max_header_bytes,
+                    body_timeout,
+                    send_timeout,
                 });
             }
         }
@@ -379,6 +406,7 @@ fn default_proxy() -> ProxySettings {
         shutdown_timeout: Duration::from_secs(30),
         max_connections: 65_536,
         max_connections_per_ip: None,
+        max_tunnels_per_ip: None,
         resolver: None,
         trusted_proxies: Vec::new(),
     }
@@ -432,6 +460,9 @@ upstream = "backend"
         assert!(l.tls.is_empty());
         assert_eq!(l.header_timeout, Duration::from_secs(10));
         assert_eq!(l.max_header_bytes, 65_536);
+        assert_eq!(l.body_timeout, Duration::from_secs(60));
+        assert_eq!(l.send_timeout, Duration::from_secs(60));
+        assert_eq!(c.proxy.max_tunnels_per_ip, None);
         let u = &c.upstreams["backend"];
         assert_eq!(u.name, "backend");
         assert_eq!(u.balance, Balance::RoundRobin);
@@ -476,11 +507,14 @@ upstream = "backend"
 shutdown_timeout = "0s"
 max_connections = 100
 max_connections_per_ip = 3
+max_tunnels_per_ip = 2
 trusted_proxies = ["10.1.2.3/8", "::1"]
 [[listener]]
 addr = "[::]:0"
 header_timeout = "250ms"
 max_header_bytes = 2048
+body_timeout = "3s"
+send_timeout = "4s"
 [upstream.b]
 servers = [{ addr = "App.Internal:81", weight = 7, backup = true }]
 balance = "round_robin"
@@ -524,6 +558,9 @@ host_header = "upstream"
         assert_eq!(l.addr, "[::]:0".parse::<SocketAddr>().unwrap());
         assert_eq!(l.header_timeout, Duration::from_millis(250));
         assert_eq!(l.max_header_bytes, 2048);
+        assert_eq!(l.body_timeout, Duration::from_secs(3));
+        assert_eq!(l.send_timeout, Duration::from_secs(4));
+        assert_eq!(c.proxy.max_tunnels_per_ip, Some(2));
         let u = &c.upstreams["b"];
         assert_eq!(u.connect_timeout, Duration::from_secs(90));
         assert_eq!(u.max_fails, 0);

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::server::head::HeadClock;
+use crate::server::head::{BodyEnd, HeadClock};
 use crate::upstream::connect::{IdlePool, Sender};
 use crate::upstream::Active;
 
@@ -84,16 +84,51 @@ impl Access {
     }
 }
 
-/// The client's request body, streamed upstream unchanged (hyper re-frames it).
+/// The client's request body, streamed upstream unchanged (hyper re-frames it). It tells
+/// the connection's clock when it has been read to its end (the upstream's `read_timeout`
+/// starts then, and the next head's clock may start) or how it broke.
 pub struct RequestBody {
     inner: Incoming,
     access: Option<Arc<Access>>,
+    /// Set while the body is still arriving; taken when it ends.
+    clock: Option<HeadClock>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, access: Option<Arc<Access>>) -> RequestBody {
-        RequestBody { inner, access }
+    /// `clock` is the connection's, for a request that has a body.
+    pub fn new(
+        inner: Incoming,
+        access: Option<Arc<Access>>,
+        clock: Option<HeadClock>,
+    ) -> RequestBody {
+        RequestBody {
+            inner,
+            access,
+            clock,
+        }
     }
+
+    fn ended(&mut self, end: BodyEnd) {
+        if let Some(clock) = self.clock.take() {
+            clock.body_ended(end);
+        }
+    }
+}
+
+/// Why a client's body failed: the socket's body timer ([`crate::server::head`])
+/// fails reads with `TimedOut`; anything else is the client's broken framing or a
+/// connection closed mid-body.
+fn body_failure(err: &hyper::Error) -> BodyEnd {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return BodyEnd::TimedOut;
+            }
+        }
+        source = cause.source();
+    }
+    BodyEnd::Broken
 }
 
 impl Body for RequestBody {
@@ -105,12 +140,23 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(access)) = (&polled, &self.access) {
-            if let Some(data) = frame.data_ref() {
-                access
-                    .bytes_in
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(access)) = (frame.data_ref(), &self.access) {
+                    access
+                        .bytes_in
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if self.inner.is_end_stream() {
+                    self.ended(BodyEnd::Complete);
+                }
             }
+            Poll::Ready(None) => self.ended(BodyEnd::Complete),
+            Poll::Ready(Some(Err(err))) => {
+                let end = body_failure(err);
+                self.ended(end);
+            }
+            Poll::Pending => {}
         }
         polled
     }
@@ -121,6 +167,14 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        // Dropped before its end (the upstream stopped reading): hyper drains what is left
+        // or closes the connection, so nothing more is awaited from this body.
+        self.ended(BodyEnd::Complete);
     }
 }
 

@@ -37,6 +37,12 @@ pub enum ProxyError {
     UnexpectedSwitch,
     #[error("draining")]
     Draining,
+    /// The client sent no byte of its request body for `body_timeout`.
+    #[error("request body timeout")]
+    BodyTimeout,
+    /// `max_tunnels_per_ip` reached for the client's address.
+    #[error("too many tunnels from this address")]
+    TooManyTunnels,
 }
 
 impl ProxyError {
@@ -51,9 +57,21 @@ impl ProxyError {
             | ProxyError::UnexpectedSwitch => StatusCode::BAD_GATEWAY,
             ProxyError::AllServersFailed(ConnectError::Timeout(_))
             | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::AllServersFailed(ConnectError::NoDescriptors(_))
+            | ProxyError::Draining
+            | ProxyError::TooManyTunnels => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AllServersFailed(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
+    }
+
+    /// Whether the connection closes after this answer: after a malformed request or a
+    /// timed-out body, what follows on the connection cannot be trusted to be a request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::InvalidHandshake(_) | ProxyError::BodyTimeout
+        )
     }
 
     /// The `reason` label of `sluice_handshake_rejections_total`, for failures that reject a
@@ -63,6 +81,7 @@ impl ProxyError {
             ProxyError::InvalidHandshake(_) => Some("invalid_handshake"),
             ProxyError::OriginNotAllowed => Some("origin"),
             ProxyError::BadSwitch(_) => Some("bad_accept"),
+            ProxyError::TooManyTunnels => Some("tunnel_limit"),
             _ => None,
         }
     }
@@ -122,6 +141,12 @@ mod tests {
             (ProxyError::Draining, 503),
             (ProxyError::BadSwitch("Sec-WebSocket-Accept"), 502),
             (ProxyError::UnexpectedSwitch, 502),
+            (ProxyError::BodyTimeout, 408),
+            (ProxyError::TooManyTunnels, 503),
+            (
+                ProxyError::AllServersFailed(ConnectError::NoDescriptors(io())),
+                503,
+            ),
         ];
         for (err, status) in rows {
             assert_eq!(err.status().as_u16(), status, "{err}");

@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, FORWARDED, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::HostHeader;
@@ -22,9 +22,11 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// The fixed hop-by-hop headers, removed in both directions.
-fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
+/// The fixed hop-by-hop headers, removed in both directions. `HTTP2-Settings` belongs to an
+/// `h2c` upgrade, which is never forwarded.
+fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
     [
         &CONNECTION,
         &KEEP_ALIVE,
@@ -33,7 +35,19 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
         &TRAILER,
         &TRANSFER_ENCODING,
         &UPGRADE,
+        &HTTP2_SETTINGS,
     ]
+}
+
+/// The comma-separated tokens of every `name` line, as bytes with surrounding white space
+/// removed (a value with obs-text bytes is still split: none of its tokens is skipped).
+pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// Removes every header named in `Connection`, then the fixed hop-by-hop set.
@@ -41,19 +55,9 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
 /// The usual tokens (`keep-alive`, `close`, `upgrade`) name headers that go with the fixed
 /// set anyway, so the common request allocates nothing here.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let names_others = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| !is_fixed_token(t.trim()));
-    if names_others {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    if tokens(headers, &CONNECTION).any(|t| !is_fixed_token(t)) {
+        let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -65,12 +69,51 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// A `Connection` token whose header (if any) the fixed hop-by-hop set removes anyway.
-fn is_fixed_token(token: &str) -> bool {
-    token.is_empty()
-        || token.eq_ignore_ascii_case("close")
+fn is_fixed_token(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"close")
         || fixed_hop_by_hop()
             .iter()
-            .any(|name| token.eq_ignore_ascii_case(name.as_str()))
+            .any(|name| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
+}
+
+/// A header name as CGI and WSGI backends see it: case folded and `_` read as `-`.
+fn folded(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+fn folded_eq(name: &[u8], want: &[u8]) -> bool {
+    name.len() == want.len() && name.iter().zip(want).all(|(&a, &b)| folded(a) == b)
+}
+
+/// Whether `name` (any case, `_` read as `-`) is one of the headers that say who the
+/// client is: `Forwarded`, `X-Real-IP`, `True-Client-IP` or any `X-Forwarded-*`.
+pub fn is_forwarding_header(name: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"x-forwarded-";
+    folded_eq(name, b"forwarded")
+        || folded_eq(name, b"x-real-ip")
+        || folded_eq(name, b"true-client-ip")
+        || (name.len() > PREFIX.len() && folded_eq(&name[..PREFIX.len()], PREFIX))
+}
+
+/// Removes the forwarding headers a client sent: all of them from an untrusted peer, and
+/// from a trusted one only the spellings with `_` (a trusted proxy writes the real names;
+/// a backend that folds `_` into `-` must not see a second, forged value).
+fn remove_client_forwarding(headers: &mut HeaderMap, trusted: bool) {
+    let forged = |name: &HeaderName| {
+        let name = name.as_str().as_bytes();
+        is_forwarding_header(name) && (!trusted || name.contains(&b'_'))
+    };
+    if !headers.keys().any(forged) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| forged(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 /// What the rewrite needs to know about the request and its destination.
@@ -99,6 +142,7 @@ static HTTPS: HeaderValue = HeaderValue::from_static("https");
 /// Rewrites a client request's headers, in place, into the upstream request's headers.
 pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     remove_hop_by_hop(headers);
+    remove_client_forwarding(headers, fwd.trusted);
 
     let client_host = headers.get(HOST).cloned();
     if let HostHeader::Fixed(value) = fwd.host_header {
@@ -121,16 +165,10 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
             headers.insert(X_REAL_IP.clone(), peer);
         }
     } else {
-        headers.remove(FORWARDED);
         headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
         headers.insert(X_FORWARDED_PROTO.clone(), proto_value(fwd.proto));
-        match &client_host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
+        if let Some(host) = &client_host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         }
         headers.insert(X_REAL_IP.clone(), peer);
     }
@@ -150,8 +188,13 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
 }
 
 /// Removes hop-by-hop headers from an upstream response. A relayed `101` gets its
-/// `Upgrade: websocket` and `Connection: upgrade` back.
+/// `Upgrade: websocket` and `Connection: upgrade` back. A response framed by
+/// `Transfer-Encoding` loses its `Content-Length` too (RFC 9112 §6.3): the body is
+/// re-framed, and a stale length would cut it.
 pub fn rewrite_response(headers: &mut HeaderMap, switching: bool) {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
     remove_hop_by_hop(headers);
     if switching {
         headers.insert(UPGRADE, WEBSOCKET.clone());

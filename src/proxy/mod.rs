@@ -2,12 +2,14 @@
 //! route → handshake and origin check → pick a server and connect → rewrite → send →
 //! relay the answer, or check the `101` and hand both sides to a tunnel → log.
 //!
-//! The pure rules live in the submodules ([`route`], [`headers`], [`websocket`],
-//! [`error`]); this file only sequences them and does the I/O.
+//! The pure rules live in the submodules ([`malformed`], [`path`], [`route`], [`headers`],
+//! [`websocket`], [`error`]); this file only sequences them and does the I/O.
 
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod malformed;
+pub mod path;
 pub mod route;
 pub mod websocket;
 
@@ -15,14 +17,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::header::{CONTENT_TYPE, HOST};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use ipnet::IpNet;
 
 use crate::config::Config;
+use crate::server::head::BodyEnd;
 use crate::server::head::HeadClock;
-use crate::server::limits::ConnPermit;
+use crate::server::limits::{ConnPermit, Limits};
 use crate::shutdown::Shutdown;
 use crate::upstream::connect::{self, ConnectError, Sender};
 use crate::upstream::{Pool, PoolError, Server};
@@ -80,11 +83,13 @@ pub struct ConnContext {
     /// The connection's place under the connection limits; a tunnel keeps a share of it,
     /// so a connection that became a tunnel still counts.
     pub permit: Arc<ConnPermit>,
+    /// For `max_tunnels_per_ip`.
+    pub limits: Arc<Limits>,
 }
 
 /// Serves one request. Never fails: every failure becomes a response.
 pub async fn handle(req: Request<Incoming>, conn: Arc<ConnContext>) -> Response<ResponseBody> {
-    conn.clock.request_started();
+    conn.clock.request_started(!req.body().is_end_stream());
     let access = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
         Arc::new(Access::new(
             conn.peer,
@@ -98,7 +103,13 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnContext>) -> Response<
         Ok(response) => response,
         Err(failure) => {
             failure.log(conn.peer);
-            error_response(failure.err.status())
+            let mut response = error_response(failure.err.status());
+            if failure.err.closes_connection() {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     if let Some(access) = &access {
@@ -142,6 +153,8 @@ impl Failure {
             | ProxyError::BadRequest(_)
             | ProxyError::InvalidHandshake(_)
             | ProxyError::OriginNotAllowed
+            | ProxyError::BodyTimeout
+            | ProxyError::TooManyTunnels
             | ProxyError::Draining => {
                 tracing::debug!(%client, route, cause = %err, "request refused");
             }
@@ -163,6 +176,31 @@ async fn forward(
         return Err(Failure::new(ProxyError::BadRequest(
             "CONNECT is not proxied",
         )));
+    }
+    malformed::check(
+        req.version(),
+        req.uri(),
+        req.headers(),
+        conn.clock.take_saw_content_length(),
+    )
+    .map_err(|reason| Failure::new(ProxyError::BadRequest(reason)))?;
+    // An absolute-form target's authority outranks `Host` (RFC 9112 §3.2.2): it becomes
+    // the Host for routing, for `host_header = "preserve"` and for `X-Forwarded-Host`.
+    if let Some(authority) = req.uri().authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(HOST, host);
+        }
+    }
+    // Dot-segments are removed before routing; the normal path is also what is sent.
+    let normal = match path::normalize(req.uri().path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => None,
+        Ok(std::borrow::Cow::Owned(normal)) => Some(normal),
+        Err(path::Climbs) => {
+            return Err(Failure::new(ProxyError::BadRequest("path climbs above /")))
+        }
+    };
+    if let Some(normal) = normal {
+        *req.uri_mut() = route::with_path(req.uri(), &normal);
     }
     let route = runtime
         .router
@@ -192,6 +230,14 @@ async fn forward(
     {
         return Err(fail(ProxyError::OriginNotAllowed));
     }
+    let tunnel_permit = match key {
+        Some(_) => Some(
+            conn.limits
+                .admit_tunnel(conn.peer.ip())
+                .ok_or_else(|| fail(ProxyError::TooManyTunnels))?,
+        ),
+        None => None,
+    };
 
     // The balancing key, read before the headers are rewritten.
     let balance_key = if route.pool.hashes() {
@@ -248,18 +294,34 @@ async fn forward(
     if let Some(access) = access {
         access.set_server(&server.label);
     }
-    let upstream_req = Request::from_parts(parts, RequestBody::new(body, access.cloned()));
+    let body_clock = (!body.is_end_stream()).then(|| conn.clock.clone());
+    let upstream_req =
+        Request::from_parts(parts, RequestBody::new(body, access.cloned(), body_clock));
 
-    // Send; from here on nothing is retried on another server.
+    // Send; from here on nothing is retried on another server. `read_timeout` counts from
+    // the moment the whole request is sent: a slow upload is the client's doing, timed by
+    // `body_timeout`, and never blamed on the server.
     let read_timeout = route.config.read_timeout;
-    let (mut response, sender) =
-        match tokio::time::timeout(read_timeout, send(sender, upstream_req, server, pool)).await {
-            Ok(result) => result.map_err(fail)?,
-            Err(_) => {
-                server.health.record_failure();
-                return Err(fail(ProxyError::ResponseTimeout(read_timeout)));
-            }
-        };
+    let exchange = send(sender, upstream_req, server, pool);
+    let deadline = async {
+        conn.clock.body_sent().await;
+        tokio::time::sleep(read_timeout).await;
+    };
+    let sent = tokio::select! {
+        sent = exchange => sent,
+        () = deadline => {
+            server.health.record_failure();
+            return Err(fail(ProxyError::ResponseTimeout(read_timeout)));
+        }
+    };
+    let (mut response, sender) = sent.map_err(|err| {
+        // The exchange broke: the client's body, if it failed, is the cause.
+        fail(match conn.clock.body_end() {
+            BodyEnd::TimedOut => ProxyError::BodyTimeout,
+            BodyEnd::Broken => ProxyError::BadRequest("broken request body"),
+            BodyEnd::Complete | BodyEnd::Pending => err,
+        })
+    })?;
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(key), Some(client_upgrade), Some((host, path))) =
@@ -285,6 +347,7 @@ async fn forward(
             server: Arc::clone(&server.label),
             idle_timeout: route.config.idle_timeout,
             permit: Arc::clone(&conn.permit),
+            tunnel_permit,
             active,
         };
         conn.shutdown
@@ -297,7 +360,9 @@ async fn forward(
     // The client gets an answer in its own HTTP version, whatever the upstream spoke.
     parts.version = client_version;
     headers::rewrite_response(&mut parts.headers, false);
-    let release = pool.keepalive.then(|| (Arc::clone(&server.idle), sender));
+    // A refused handshake's connection is not reused: the server may still think it is
+    // mid-upgrade.
+    let release = (pool.keepalive && key.is_none()).then(|| (Arc::clone(&server.idle), sender));
     Ok(Response::from_parts(
         parts,
         ResponseBody::upstream(body, release, active),
@@ -314,6 +379,10 @@ async fn connect_any<'a>(
     for server in pool.candidates(balance_key) {
         match server.connection(pool.connect_timeout).await {
             Ok(sender) => return Ok((server, sender)),
+            Err(err) if !err.blames_server() => {
+                // sluice's own shortage: no other server would fare better.
+                return Err(ProxyError::AllServersFailed(err));
+            }
             Err(err) => {
                 let down = server.health.record_failure();
                 tracing::warn!(
@@ -355,7 +424,9 @@ async fn send(
     let mut fresh = connect::open(server.addr, pool.connect_timeout)
         .await
         .map_err(|err| {
-            server.health.record_failure();
+            if err.blames_server() {
+                server.health.record_failure();
+            }
             ProxyError::AllServersFailed(err)
         })?;
     match fresh.try_send_request(req).await {

@@ -131,6 +131,21 @@ pub fn upstream_uri(route: &RouteConfig, uri: &Uri) -> Uri {
     }
 }
 
+/// `uri` in origin form with its path replaced by `path` (already normal) and its query
+/// kept.
+pub fn with_path(uri: &Uri, path: &str) -> Uri {
+    let mut target = String::with_capacity(path.len() + 1 + uri.query().map_or(0, str::len));
+    target.push_str(path);
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    match PathAndQuery::try_from(target) {
+        Ok(pq) => Uri::from(pq),
+        Err(_) => Uri::from_static("/"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,17 +28,13 @@ pub enum Upgrade {
 }
 
 /// Whether any comma-separated token over all `name` header lines equals `token`
-/// (ASCII case-insensitive).
+/// (ASCII case-insensitive). Values are read as bytes, so an obs-text byte elsewhere in a
+/// line hides none of its tokens.
 pub fn header_has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value.to_str().is_ok_and(|v| {
-            v.split(',').any(|t| {
-                let t = t.trim();
-                // `Upgrade: websocket/13` names a protocol version; the name is what counts.
-                let t = t.split('/').next().unwrap_or(t);
-                t.eq_ignore_ascii_case(token)
-            })
-        })
+    super::headers::tokens(headers, name).any(|t| {
+        // `Upgrade: websocket/13` names a protocol version; the name is what counts.
+        let t = t.split(|&b| b == b'/').next().unwrap_or(t);
+        t.eq_ignore_ascii_case(token.as_bytes())
     })
 }
 

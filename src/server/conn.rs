@@ -8,8 +8,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::head::ClientIo;
-use super::limits::ConnPermit;
+use super::head::{ClientIo, Timeouts};
+use super::limits::{ConnPermit, Limits};
 use crate::config::ListenerConfig;
 use crate::proxy::{self, ConnContext, Runtime};
 use crate::shutdown::Shutdown;
@@ -27,11 +27,19 @@ pub async fn serve(
     runtime: Arc<arc_swap::ArcSwap<Runtime>>,
     shutdown: Shutdown,
     permit: ConnPermit,
+    limits: Arc<Limits>,
 ) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(client = %peer, cause = %err, "cannot set TCP_NODELAY");
     }
-    let (io, clock) = ClientIo::new(stream, listener.header_timeout);
+    let (io, clock) = ClientIo::new(
+        stream,
+        Timeouts {
+            header: listener.header_timeout,
+            body: listener.body_timeout,
+            send: listener.send_timeout,
+        },
+    );
     let context = Arc::new(ConnContext {
         peer,
         peer_ip: crate::proxy::headers::ip_value(peer.ip()),
@@ -40,6 +48,7 @@ pub async fn serve(
         runtime,
         shutdown: shutdown.clone(),
         permit: Arc::new(permit),
+        limits,
     });
     let service = service_fn(move |req| {
         let context = Arc::clone(&context);

@@ -25,6 +25,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::lifecycle::StartError;
 use crate::proxy::error::raw_close_response;
 use crate::proxy::Runtime;
+use crate::resources;
 use crate::shutdown::Shutdown;
 use limits::Limits;
 
@@ -48,7 +49,8 @@ pub struct Server {
 /// and request paths never wait on a lock.
 struct Shared {
     runtime: Arc<ArcSwap<Runtime>>,
-    limits: ArcSwap<Limits>,
+    /// Kept for the process's life: a reload changes the maxima, not the counts.
+    limits: Arc<Limits>,
     shutdown: Shutdown,
 }
 
@@ -82,7 +84,11 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             runtime: Arc::new(ArcSwap::from_pointee(runtime)),
-            limits: ArcSwap::from_pointee(limits_of(&config)),
+            limits: Limits::new(
+                config.proxy.max_connections,
+                config.proxy.max_connections_per_ip,
+                config.proxy.max_tunnels_per_ip,
+            ),
             shutdown: Shutdown::new(),
         });
         Ok(Server {
@@ -165,7 +171,11 @@ impl Running {
             fresh.push((bound, cfg.clone()));
         }
         self.shared.runtime.store(Arc::new(runtime));
-        self.shared.limits.store(Arc::new(limits_of(&config)));
+        self.shared.limits.set(
+            config.proxy.max_connections,
+            config.proxy.max_connections_per_ip,
+            config.proxy.max_tunnels_per_ip,
+        );
         let mut kept = Vec::with_capacity(config.listeners.len());
         for old in state.listeners.drain(..) {
             match config.listeners.iter().find(|c| c.addr == old.addr()) {
@@ -243,13 +253,6 @@ impl ListenerHandle {
     }
 }
 
-fn limits_of(config: &Config) -> Limits {
-    Limits::new(
-        config.proxy.max_connections,
-        config.proxy.max_connections_per_ip,
-    )
-}
-
 async fn accept_loop(
     listener: TcpListener,
     cfg: Arc<ArcSwap<ListenerConfig>>,
@@ -263,7 +266,7 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => match shared.limits.load().admit(peer.ip()) {
+            Ok((stream, peer)) => match shared.limits.admit(peer.ip()) {
                 Some(permit) => shared.shutdown.spawn(conn::serve(
                     stream,
                     peer,
@@ -271,17 +274,20 @@ async fn accept_loop(
                     Arc::clone(&shared.runtime),
                     shared.shutdown.clone(),
                     permit,
+                    Arc::clone(&shared.limits),
                 )),
                 None => {
                     tracing::warn!(client = %peer, "connection limit reached, answering 503");
                     tokio::spawn(refuse(stream, StatusCode::SERVICE_UNAVAILABLE));
                 }
             },
+            Err(err) if resources::is_exhaustion(&err) => {
+                // The connection waits in the backlog until descriptors free up.
+                resources::report_exhaustion("accept", &err);
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
             Err(err) => {
                 tracing::warn!(addr = %cfg.load().addr, cause = %err, "accept failed");
-                if is_resource_exhaustion(&err) {
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
             }
         }
     }
@@ -306,11 +312,6 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
-}
-
-fn is_resource_exhaustion(err: &io::Error) -> bool {
-    // EMFILE (24), ENFILE (23), ENOBUFS (105), ENOMEM (12).
-    matches!(err.raw_os_error(), Some(23 | 24 | 105 | 12))
 }
 
 /// Answers `status` and closes, reading (and discarding) for a moment so the answer is not

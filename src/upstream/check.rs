@@ -58,7 +58,9 @@ async fn run(server: Weak<Server>, pool: Arc<str>, cfg: HealthCheckConfig) {
                     );
                 }
             }
-            Err(cause) => {
+            // sluice's own shortage of descriptors says nothing about the server.
+            Err(None) => {}
+            Err(Some(cause)) => {
                 passes = 0;
                 fails = fails.saturating_add(1);
                 if up && fails >= cfg.unhealthy {
@@ -77,15 +79,16 @@ async fn run(server: Weak<Server>, pool: Arc<str>, cfg: HealthCheckConfig) {
     }
 }
 
-/// One check: `Ok` on a `2xx` within the timeout, otherwise why not.
-async fn probe(server: &Server, cfg: &HealthCheckConfig) -> Result<(), String> {
+/// One check: `Ok` on a `2xx` within the timeout, otherwise why not; `Err(None)` when the
+/// check could not be made for lack of a file descriptor.
+async fn probe(server: &Server, cfg: &HealthCheckConfig) -> Result<(), Option<String>> {
     let exchange = async {
         let stream = connect_tcp(server.addr, cfg.timeout)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.blames_server().then(|| e.to_string()))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Some(e.to_string()))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -94,20 +97,20 @@ async fn probe(server: &Server, cfg: &HealthCheckConfig) -> Result<(), String> {
             .header(USER_AGENT, HeaderValue::from_static("sluice-health-check"))
             .header(CONNECTION, HeaderValue::from_static("close"))
             .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Some(e.to_string()))?;
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Some(e.to_string()))?;
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(format!("answered {}", response.status().as_u16()))
+            Err(Some(format!("answered {}", response.status().as_u16())))
         }
     };
     match tokio::time::timeout(cfg.timeout, exchange).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
+        Err(_) => Err(Some(format!("no answer within {:?}", cfg.timeout))),
     }
 }
 

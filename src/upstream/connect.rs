@@ -31,6 +31,17 @@ pub enum ConnectError {
     Io(#[source] io::Error),
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
+    /// sluice itself has no descriptor to spare: not the server's fault.
+    #[error("out of file descriptors: {0}")]
+    NoDescriptors(#[source] io::Error),
+}
+
+impl ConnectError {
+    /// Whether the failure counts against the server's passive health: everything but
+    /// sluice's own shortage.
+    pub fn blames_server(&self) -> bool {
+        !matches!(self, ConnectError::NoDescriptors(_))
+    }
 }
 
 /// Opens a TCP connection with `TCP_NODELAY` set (tunnels carry small frames both ways;
@@ -38,6 +49,10 @@ pub enum ConnectError {
 pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(ConnectError::Timeout(timeout)),
+        Ok(Err(e)) if crate::resources::is_exhaustion(&e) => {
+            crate::resources::report_exhaustion("upstream connect", &e);
+            return Err(ConnectError::NoDescriptors(e));
+        }
         Ok(Err(e)) => return Err(ConnectError::Io(e)),
         Ok(Ok(stream)) => stream,
     };

@@ -20,6 +20,8 @@ const ROUTE_KEYS: &[&str] = &[
     "set_headers",
     "read_timeout",
     "idle_timeout",
+    "ping_interval",
+    "max_message_bytes",
 ];
 
 impl Cx {
@@ -120,6 +122,20 @@ impl Cx {
         let set_headers = self.set_headers(f);
         let read_timeout = self.duration(f, "read_timeout", Duration::from_secs(60), false);
         let idle_timeout = self.duration(f, "idle_timeout", Duration::from_secs(3600), false);
+        self.duration_not_yet(
+            f,
+            "ping_interval",
+            "tunnels do not send pings yet; idle_timeout closes silent ones",
+        );
+        if let Some(node) = f.get("max_message_bytes") {
+            if self.integer(f, "max_message_bytes", 1, i64::MAX).is_some() {
+                self.not_yet(
+                    node,
+                    &f.key_path("max_message_bytes"),
+                    "tunnels do not limit message sizes yet",
+                );
+            }
+        }
         Some(RouteConfig {
             index,
             host,

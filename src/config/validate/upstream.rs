@@ -21,8 +21,9 @@ const UPSTREAM_KEYS: &[&str] = &[
     "keepalive",
     "tls",
     "resolve_interval",
+    "drain_timeout",
 ];
-const SERVER_KEYS: &[&str] = &["addr", "weight", "backup"];
+const SERVER_KEYS: &[&str] = &["addr", "weight", "backup", "drain"];
 const HEALTH_KEYS: &[&str] = &["path", "interval", "timeout", "healthy", "unhealthy"];
 const SERVER_HINT: &str =
     "\"host:port\", or a table { addr = \"host:port\", weight = 1, backup = false }";
@@ -75,6 +76,11 @@ impl Cx {
             .integer(&f, "keepalive", 0, 65_536)
             .map_or(32, to_usize);
         let tls = self.upstream_tls(&f);
+        self.duration_not_yet(
+            &f,
+            "drain_timeout",
+            "draining a server's tunnels is not built yet",
+        );
         let default_resolve = Duration::from_secs(30);
         let resolve_interval = match f.get("resolve_interval") {
             Some(node) => {
@@ -167,6 +173,15 @@ impl Cx {
                 let addr = f.require("addr", "\"host:port\"", &mut self.problems);
                 let weight = self.integer(&f, "weight", 1, 1000).map_or(1, to_u32);
                 let backup = f.boolean("backup", &mut self.problems).unwrap_or(false);
+                if f.boolean("drain", &mut self.problems).is_some() {
+                    if let Some(node) = f.get("drain") {
+                        self.not_yet(
+                            node,
+                            &f.key_path("drain"),
+                            "draining a server's tunnels is not built yet",
+                        );
+                    }
+                }
                 (addr?, f.key_path("addr"), weight, backup)
             }
             _ => {

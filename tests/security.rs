@@ -375,6 +375,17 @@ async fn connection_cannot_remove_what_sluice_sets_or_checks() {
         let r = raw_response(proxy.addr, request).await;
         assert_eq!(r.status, 400, "Connection naming {what}: {}", r.text());
     }
+    // Two Origins: the check would read one and the upstream might read the other.
+    let two = raw_response(
+        proxy.addr,
+        handshake(
+            "/",
+            "h",
+            "Origin: https://app.example\r\nOrigin: https://evil.example\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(two.status, 403, "{}", two.text());
     assert_eq!(ws.count(), 0, "no such handshake reached the upstream");
 
     // The right handshake still opens a tunnel.
@@ -459,7 +470,13 @@ async fn dot_segments_cannot_cross_a_route_prefix() {
         let r = http_get(proxy.addr, "h", target).await;
         assert_eq!(r.status, 404, "{target} is /secret, which no route serves");
     }
-    for target in ["/..", "/app/../../etc/passwd", "/%2e%2e/x"] {
+    for target in [
+        "/..",
+        "/app/../../etc/passwd",
+        "/%2e%2e/x",
+        "/app/..%2fsecret",
+        "/app/..%5Csecret",
+    ] {
         let mut c = RawClient::connect(proxy.addr).await;
         c.send(format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n"))
             .await;

@@ -4,7 +4,8 @@
 
 use std::borrow::Cow;
 
-/// The path climbs above `/` (`/..`, `/a/../..`): a malformed request.
+/// The path climbs above `/` (`/..`, `/a/../..`), or hides a `..` behind a separator that
+/// some backends read as `/` (`..%2f`, `..\\`, `..%5c`): a malformed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Climbs;
 
@@ -13,6 +14,9 @@ pub struct Climbs;
 /// # Errors
 /// A `..` would climb above the root.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, Climbs> {
+    if path.split('/').any(hides_dot_dot) {
+        return Err(Climbs);
+    }
     if !path.starts_with('/') || !path.split('/').any(|s| dots(s).is_some()) {
         return Ok(Cow::Borrowed(path));
     }
@@ -40,6 +44,20 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, Climbs> {
         normal.push('/');
     }
     Ok(Cow::Owned(normal))
+}
+
+/// Whether a segment holds a `..` between separators that a backend decoding `%2f`, or
+/// treating `\\` as `/` (as Windows servers do), would act on: `..%2fsecret`, `a\\..`.
+fn hides_dot_dot(segment: &str) -> bool {
+    if !segment.contains(['%', '\\']) {
+        return false;
+    }
+    let split = segment
+        .to_ascii_lowercase()
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    split.contains('/') && split.split('/').any(|part| dots(part) == Some(2))
 }
 
 /// `Some(1)` for `.`, `Some(2)` for `..` (each dot also as `%2e` or `%2E`), else `None`.
@@ -92,7 +110,8 @@ mod tests {
             ("/a/.../b", "/a/.../b"),
             ("/a/..b/c", "/a/..b/c"),
             ("/a/%2e%2e%2e", "/a/%2e%2e%2e"),
-            ("/a/%2f../b", "/a/%2f../b"),
+            ("/a/%2f.../b", "/a/%2f.../b"),
+            ("/files/a%2Fb", "/files/a%2Fb"),
         ] {
             assert_eq!(norm(input).as_deref(), Ok(want), "{input}");
         }

@@ -124,12 +124,17 @@ pub fn check_switch(response: &HeaderMap, key: &HeaderValue) -> Result<(), BadSw
 }
 
 /// Whether the handshake's `Origin` is allowed. With a list, a handshake without `Origin`
-/// is refused too: the list names who may connect.
+/// is refused too (the list names who may connect), and so is one with several: the check
+/// would read one and the upstream might read another.
 pub fn origin_allowed(allowed: Option<&[String]>, headers: &HeaderMap) -> bool {
     let Some(allowed) = allowed else {
         return true;
     };
-    let Some(origin) = headers.get(ORIGIN).and_then(|o| o.to_str().ok()) else {
+    let mut origins = headers.get_all(ORIGIN).iter();
+    let (Some(origin), None) = (origins.next(), origins.next()) else {
+        return false;
+    };
+    let Ok(origin) = origin.to_str() else {
         return false;
     };
     let origin = origin.trim();
@@ -266,6 +271,11 @@ mod tests {
         assert!(origin_allowed(Some(&list), &ok));
         assert!(!origin_allowed(Some(&list), &bad));
         assert!(!origin_allowed(Some(&list), &HeaderMap::new()));
+        let twice = headers(&[
+            ("origin", "https://app.example.com"),
+            ("origin", "https://evil.example"),
+        ]);
+        assert!(!origin_allowed(Some(&list), &twice));
         assert!(origin_allowed(None, &bad));
     }
 }

@@ -172,22 +172,38 @@ async fn error_bodies_are_one_line() {
 
 #[tokio::test]
 async fn tunnel_carries_bulk_to_a_slow_reader_intact() {
-    // The backend answers the handshake, then sends 8 MiB and reads 8 MiB, then closes.
-    let backend = raw_backend(|mut stream| async move {
-        let Some((head, early)) = read_head(&mut stream).await else {
-            return;
-        };
-        assert!(early.is_empty());
-        stream.write_all(good_101(&head).as_bytes()).await.unwrap();
-        let (mut read_half, mut write_half) = stream.into_split();
-        let writer = tokio::spawn(async move {
-            write_half.write_all(&pattern(1)).await.unwrap();
-            write_half.shutdown().await.unwrap();
-        });
-        let mut got = Vec::new();
-        read_half.read_to_end(&mut got).await.unwrap();
-        assert!(got == pattern(2), "upstream received corrupted bytes");
-        writer.await.unwrap();
+    // The backend answers the handshake, then sends 8 MiB and reads 8 MiB, then closes. It
+    // reports how much it has written, and at the end what it saw, to the test: a panic in
+    // its task would fail nobody.
+    let (written_tx, mut written) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<(bool, bool)>();
+    let backend = raw_backend(move |mut stream| {
+        let (written_tx, seen_tx) = (written_tx.clone(), seen_tx.clone());
+        async move {
+            let Some((head, early)) = read_head(&mut stream).await else {
+                return;
+            };
+            if stream.write_all(good_101(&head).as_bytes()).await.is_err() {
+                return;
+            }
+            let (mut read_half, mut write_half) = stream.into_split();
+            let writer = tokio::spawn(async move {
+                let data = pattern(1);
+                let mut sent = 0;
+                for chunk in data.chunks(64 * 1024) {
+                    if write_half.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                    sent += chunk.len();
+                    let _ = written_tx.send(sent);
+                }
+                let _ = write_half.shutdown().await;
+            });
+            let mut got = Vec::new();
+            let _ = read_half.read_to_end(&mut got).await;
+            let _ = writer.await;
+            let _ = seen_tx.send((early.is_empty(), got == pattern(2)));
+        }
     })
     .await;
     let proxy = spawn_proxy(&one_route(&[backend.addr], "")).await;
@@ -201,8 +217,17 @@ async fn tunnel_carries_bulk_to_a_slow_reader_intact() {
         panic!("no 101");
     };
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    // Let the proxy's writes to this client back up before reading anything.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Read nothing until the backend has pushed 1 MiB into the tunnel: the proxy's writes
+    // to this client back up first.
+    within(WAIT, async {
+        while let Some(sent) = written.recv().await {
+            if sent >= 1024 * 1024 {
+                return;
+            }
+        }
+        panic!("the backend stopped writing");
+    })
+    .await;
     let (mut read_half, mut write_half) = client.into_split();
     let send = async {
         write_half.write_all(&pattern(2)).await.unwrap();
@@ -216,6 +241,11 @@ async fn tunnel_carries_bulk_to_a_slow_reader_intact() {
     let ((), received) = within(WAIT, async { tokio::join!(send, receive) }).await;
     assert_eq!(received.len(), 8 * 1024 * 1024);
     assert!(received == pattern(1), "client received corrupted bytes");
+    let (no_early_bytes, intact) = within(WAIT, seen.recv())
+        .await
+        .expect("the backend reports what it received");
+    assert!(no_early_bytes, "the upstream got bytes before its 101");
+    assert!(intact, "upstream received corrupted bytes");
 }
 
 #[tokio::test]
@@ -386,10 +416,16 @@ async fn request_completed_during_drain_gets_503() {
 
     let mut client = RawClient::connect(proxy.addr).await;
     client.send("GET /late HTTP/1.1\r\nHost: h\r\n").await;
-    // Let the proxy read the partial head, then start draining.
+    // The proxy must have accepted the connection and read the partial head before the
+    // drain starts (hyper closes a connection that has sent nothing yet at once). Nothing
+    // outside the proxy shows that moment, so this one wait is on time.
     tokio::time::sleep(Duration::from_millis(100)).await;
     proxy.stop();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Draining has begun once the listener refuses new connections.
+    eventually(WAIT, "the listener closes", || async {
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err()
+    })
+    .await;
     client.send("\r\n").await;
     let response = client.read_response().await;
     assert_eq!(response.status, 503, "{}", response.text());

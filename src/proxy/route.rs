@@ -116,25 +116,16 @@ pub fn upstream_uri(route: &RouteConfig, uri: &Uri) -> Uri {
     } else {
         path
     };
-    let mut target = String::with_capacity(path.len() + 1 + uri.query().map_or(0, str::len) + 1);
+    with_path(uri, path)
+}
+
+/// `uri` in origin form with its path replaced by `path` (a leading `/` added if it has
+/// none) and its query kept.
+pub fn with_path(uri: &Uri, path: &str) -> Uri {
+    let mut target = String::with_capacity(path.len() + 2 + uri.query().map_or(0, str::len));
     if !path.starts_with('/') {
         target.push('/');
     }
-    target.push_str(path);
-    if let Some(query) = uri.query() {
-        target.push('?');
-        target.push_str(query);
-    }
-    match PathAndQuery::try_from(target) {
-        Ok(pq) => Uri::from(pq),
-        Err(_) => Uri::from_static("/"),
-    }
-}
-
-/// `uri` in origin form with its path replaced by `path` (already normal) and its query
-/// kept.
-pub fn with_path(uri: &Uri, path: &str) -> Uri {
-    let mut target = String::with_capacity(path.len() + 1 + uri.query().map_or(0, str::len));
     target.push_str(path);
     if let Some(query) = uri.query() {
         target.push('?');

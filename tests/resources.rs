@@ -19,6 +19,27 @@ fn open_files_limit(pid: u32) -> Option<(u64, u64)> {
     Some((numbers.next()?, numbers.next()?))
 }
 
+/// Connections waiting in the accept queue of the loopback listener on `port` (the
+/// `rx_queue` of a listening socket in `/proc/net/tcp`).
+fn accept_queue(port: u16) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (addr, state, queues) = (fields.get(1)?, fields.get(3)?, fields.get(4)?);
+        if *addr != local || *state != "0A" {
+            return None;
+        }
+        let rx = queues.split(':').nth(1)?;
+        usize::from_str_radix(rx, 16).ok()
+    })
+}
+
+/// Descriptors the process holds now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
 #[tokio::test]
 async fn out_of_descriptors_sluice_keeps_running_and_blames_no_server() {
     let backend = named_backend("ok").await;
@@ -67,7 +88,17 @@ upstream = "app"
         Some((48, 48)),
         "the soft limit is raised to the hard limit"
     );
+    let pid = daemon.pid();
+    let idle_fds = open_fds(pid);
     assert_eq!(http_get(listen, "h", "/").await.status, 200);
+    // That exchange's two sockets are closed before the descriptors run out, so no
+    // descriptor frees up behind the test's back.
+    eventually(
+        WAIT,
+        "the first exchange's sockets are closed",
+        || async move { open_fds(pid) <= idle_fds },
+    )
+    .await;
 
     // Hold more connections than descriptors are left: the rest wait in the backlog.
     let started = Instant::now();
@@ -75,16 +106,46 @@ upstream = "app"
     for _ in 0..60 {
         held.push(RawClient::connect(listen).await);
     }
-    let pid = daemon.pid();
-    eventually(WAIT, "sluice holds every descriptor it may", || async move {
-        std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count) >= 48
-    })
+    eventually(
+        WAIT,
+        "sluice holds every descriptor it may",
+        || async move { open_fds(pid) >= 48 },
+    )
     .await;
-    // A request on the first (accepted) connection needs one more descriptor upstream:
-    // sluice has none, says 503, and does not blame the server.
-    held[0].send("GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
-    let refused = held[0].read_response().await;
-    assert_eq!(refused.status, 503, "{}", refused.text());
+    // A request on an accepted connection needs one more descriptor upstream: sluice has
+    // none, says 503, and does not blame the server. (A socket the test closed earlier may
+    // still free one descriptor late; that request is served, and the next one tried once
+    // sluice is full again.)
+    let port = listen.port();
+    let mut queued = accept_queue(port).expect("the listener is in /proc/net/tcp");
+    let mut refused = None;
+    for client in held.iter_mut().take(8) {
+        client.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+        let r = client.read_response().await;
+        match r.status {
+            503 => {
+                refused = Some(r);
+                break;
+            }
+            200 => {
+                // The exchange's upstream socket is closed now; sluice is full again
+                // once its accept loop has taken the freed descriptor for a waiting
+                // connection.
+                let before = queued;
+                eventually(WAIT, "sluice takes the freed descriptor", || async move {
+                    accept_queue(port).is_some_and(|q| q < before)
+                })
+                .await;
+                queued = accept_queue(port).unwrap_or(0);
+            }
+            _ => panic!(
+                "neither served nor refused for lack of descriptors: {}",
+                r.text()
+            ),
+        }
+    }
+    let refused = refused.expect("a request with no descriptor left is answered 503");
+    assert_eq!(refused.body_str(), "service unavailable\n");
     // Stay out of descriptors for a while, so the log has a chance to repeat itself.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(

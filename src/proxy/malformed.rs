@@ -87,6 +87,35 @@ pub fn is_valid_authority(value: &[u8]) -> bool {
     port_ok && host_ok
 }
 
+/// The bytes a reg-name may hold as they are: unreserved and sub-delims (RFC 3986 §3.2.2).
+static REG_NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
 /// `*( unreserved / pct-encoded / sub-delims )`.
 fn is_reg_name(host: &[u8]) -> bool {
     let mut i = 0;
@@ -100,7 +129,7 @@ fn is_reg_name(host: &[u8]) -> bool {
             i += 3;
             continue;
         }
-        if !(b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)) {
+        if !REG_NAME_BYTE[usize::from(b)] {
             return false;
         }
         i += 1;

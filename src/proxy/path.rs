@@ -14,6 +14,10 @@ pub struct Climbs;
 /// # Errors
 /// A `..` would climb above the root.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, Climbs> {
+    // Without a `.`, a `%` or a `\\` there is no dot-segment, plain or hidden.
+    if memchr::memchr3(b'.', b'%', b'\\', path.as_bytes()).is_none() {
+        return Ok(Cow::Borrowed(path));
+    }
     if path.split('/').any(hides_dot_dot) {
         return Err(Climbs);
     }

@@ -472,14 +472,15 @@ impl AsyncWrite for ClientIo {
 /// Finds a `Content-Length:` line in a request head fed to it in pieces, stopping at the
 /// blank line that ends the head. hyper drops `Content-Length` when `Transfer-Encoding` is
 /// present too, but the SPEC calls that pair malformed (`400`), so the raw head is watched.
+/// It hops from line to line with `memchr`, so a head costs little more than one pass.
 #[derive(Debug, Default)]
 struct LengthScan {
-    /// Bytes into the current line.
+    /// Bytes of the current line seen so far (it may span several reads).
     col: usize,
-    /// The current line still matches `content-length:` so far.
+    /// The current line no longer matches `content-length:`.
     mismatch: bool,
-    /// The current line is only `\r` so far.
-    only_cr: bool,
+    /// The current line began with `\r`.
+    first_cr: bool,
     /// A line with content (the request line) has been seen.
     seen_line: bool,
     done: bool,
@@ -491,36 +492,38 @@ impl LengthScan {
     /// Feeds the next bytes; true when a `Content-Length` line was found in them.
     fn feed(&mut self, data: &[u8]) -> bool {
         let mut found = false;
-        for &b in data {
-            if self.done {
-                break;
-            }
-            if b == b'\n' {
-                let blank = self.col == 0 || (self.col == 1 && self.only_cr);
-                if blank && self.seen_line {
-                    self.done = true;
+        let mut rest = data;
+        while !self.done && !rest.is_empty() {
+            let (line, next) = match memchr::memchr(b'\n', rest) {
+                Some(end) => (&rest[..end], Some(&rest[end + 1..])),
+                None => (rest, None),
+            };
+            if !self.mismatch && self.col < CONTENT_LENGTH_LINE.len() {
+                let want = &CONTENT_LENGTH_LINE[self.col..];
+                let n = want.len().min(line.len());
+                if !line[..n].eq_ignore_ascii_case(&want[..n]) {
+                    self.mismatch = true;
+                } else if n == want.len() {
+                    // The whole name and its colon: a header line (not the request line).
+                    found |= self.seen_line;
+                    self.mismatch = true;
                 }
-                self.seen_line |= !blank;
-                self.col = 0;
-                self.mismatch = false;
-                continue;
             }
             if self.col == 0 {
-                self.only_cr = b == b'\r';
-            } else if b != b'\r' {
-                self.only_cr = false;
+                self.first_cr = line.first() == Some(&b'\r');
             }
-            if !self.mismatch {
-                match CONTENT_LENGTH_LINE.get(self.col) {
-                    Some(&want) if b.to_ascii_lowercase() == want => {
-                        if self.col + 1 == CONTENT_LENGTH_LINE.len() && self.seen_line {
-                            found = true;
-                        }
-                    }
-                    _ => self.mismatch = true,
-                }
+            self.col += line.len();
+            let Some(next) = next else {
+                break;
+            };
+            let blank = self.col == 0 || (self.col == 1 && self.first_cr);
+            if blank && self.seen_line {
+                self.done = true;
             }
-            self.col = self.col.saturating_add(1);
+            self.seen_line |= !blank;
+            self.col = 0;
+            self.mismatch = false;
+            rest = next;
         }
         found
     }

@@ -8,6 +8,8 @@
 //!   (head timeout → 408, head size → 431).
 //! - [`proxy`]: the request handler as named phases (route, origin check, pick upstream,
 //!   rewrite, forward, relay or upgrade, log) and its pure protocol rules.
+//! - [`stream`]: plain TCP or TLS over it, one type for every connection.
+//! - [`tls`]: certificates, TLS listeners (SNI) and TLS upstreams.
 //! - [`tunnel`]: the bidirectional copy after a checked `101`, with idle timeout and counters.
 //! - [`upstream`]: server pools, balancing, passive health, upstream connections.
 //! - [`resources`]: the file-descriptor limit, and running out of descriptors.
@@ -25,5 +27,7 @@ pub mod proxy;
 pub mod resources;
 pub mod server;
 pub mod shutdown;
+pub mod stream;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;

@@ -25,6 +25,12 @@ pub enum StartError {
     },
     #[error("{0}")]
     Pool(#[from] PoolError),
+    #[error("listener {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: crate::tls::TlsSetupError,
+    },
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -49,6 +55,7 @@ pub fn tokio_runtime() -> Result<tokio::runtime::Runtime, StartError> {
 /// The config is invalid, or the proxy cannot start; nothing was served then.
 pub fn run_from_file(path: &Path) -> Result<(), StartError> {
     let config = Config::load(path)?;
+    log_warnings(&config);
     match crate::resources::raise_fd_limit() {
         Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
         Err(err) => tracing::warn!(cause = %err, "cannot raise the file descriptor limit"),
@@ -82,14 +89,23 @@ async fn reload(running: &Running, path: &Path) {
                 tracing::error!(problem = line, "reload failed, the running config stays");
             }
         }
-        Ok(config) => match running.reload(config).await {
-            Ok(()) => tracing::info!("reloaded"),
-            Err(err) => {
-                tracing::error!(cause = %err, "reload failed, the running config stays");
+        Ok(config) => {
+            log_warnings(&config);
+            match running.reload(config).await {
+                Ok(()) => tracing::info!("reloaded"),
+                Err(err) => {
+                    tracing::error!(cause = %err, "reload failed, the running config stays");
+                }
             }
-        },
+        }
     }
     systemd::notify_ready();
+}
+
+fn log_warnings(config: &Config) {
+    for warning in &config.warnings {
+        tracing::warn!(problem = warning.as_str(), "config warning");
+    }
 }
 
 /// The signals `sluice run` acts on.

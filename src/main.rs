@@ -17,6 +17,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
+                for warning in &cfg.warnings {
+                    eprintln!("{warning}");
+                }
                 print!("{}", cfg.summary());
                 ExitCode::SUCCESS
             }

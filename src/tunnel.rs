@@ -24,12 +24,12 @@ use bytes::{Buf, Bytes};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::server::head::ClientIo;
 use crate::server::limits::{ConnPermit, TunnelPermit};
 use crate::shutdown::Shutdown;
+use crate::stream::Stream;
 use crate::upstream::Active;
 
 /// One WebSocket tunnel about to open: who it is for and how long it may idle.
@@ -128,14 +128,14 @@ impl Tunnel {
 }
 
 /// The client's socket and the bytes hyper read past the handshake.
-fn client_socket(upgraded: Upgraded) -> Option<(TcpStream, Bytes)> {
+fn client_socket(upgraded: Upgraded) -> Option<(Stream, Bytes)> {
     let parts = upgraded.downcast::<TokioIo<ClientIo>>().ok()?;
     Some((parts.io.into_inner().into_stream(), parts.read_buf))
 }
 
 /// The upstream's socket and the bytes hyper read past its `101`.
-fn upstream_socket(upgraded: Upgraded) -> Option<(TcpStream, Bytes)> {
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+fn upstream_socket(upgraded: Upgraded) -> Option<(Stream, Bytes)> {
+    let parts = upgraded.downcast::<TokioIo<Stream>>().ok()?;
     Some((parts.io.into_inner(), parts.read_buf))
 }
 
@@ -215,8 +215,8 @@ impl Direction {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut TcpStream,
-        dst: &mut TcpStream,
+        src: &mut Stream,
+        dst: &mut Stream,
         activity: &Activity,
     ) -> Poll<io::Result<()>> {
         let mut reads = 0;
@@ -277,8 +277,8 @@ impl Direction {
 
 /// Both directions of a tunnel; done when both have passed their end of stream on.
 struct Copy<'a> {
-    client: TcpStream,
-    upstream: TcpStream,
+    client: Stream,
+    upstream: Stream,
     /// Client → upstream.
     up: Direction,
     /// Upstream → client.

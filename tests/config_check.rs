@@ -944,18 +944,18 @@ resolver = "127.0.0.53:53"
 
 [[listener]]
 addr = "0.0.0.0:8443"
-tls = { cert = "fullchain.pem", key = "key.pem" }
+# tls is supported now (tests/tls.rs)
 
 [[listener]]
 addr = "0.0.0.0:8444"
-tls = [{ cert = "a.pem", key = "a.key" }, { cert = "b.pem", key = "b.key" }]
+# so is a list of certificates
 
 [upstream.a]
 servers = ["127.0.0.1:3000"]
 balance = "least_conn"
 hash_key = "cookie:sid"
 health_check = { path = "/healthz", interval = "5s", timeout = "2s", healthy = 2, unhealthy = 3 }
-tls = { ca = "ca.pem", server_name = "internal.example" }
+# and upstream tls
 resolve_interval = "30s"
 
 [upstream.b]
@@ -972,12 +972,8 @@ addr = "127.0.0.1:9901"
     );
     assert_problems(&out, &[
         "sluice.toml:2:12: proxy.resolver: not supported yet (remove it; upstream host names are resolved by the system resolver)",
-        "sluice.toml:6:7: listener[0].tls: not supported yet (remove it; until TLS termination is built, terminate TLS in front of sluice)",
-        "sluice.toml:10:7: listener[1].tls: not supported yet (remove it; until TLS termination is built, terminate TLS in front of sluice)",
         r#"sluice.toml:15:12: upstream.a.hash_key: only used with balance = "hash" (set balance = "hash", or remove it)"#,
-        "sluice.toml:17:7: upstream.a.tls: not supported yet (remove it; sluice connects to upstreams over plain TCP for now)",
         "sluice.toml:18:20: upstream.a.resolve_interval: not supported yet (remove it; host names are resolved once, at start)",
-        "sluice.toml:23:7: upstream.b.tls: not supported yet (remove it; sluice connects to upstreams over plain TCP for now)",
         "sluice.toml:28:1: admin: not supported yet (remove it; the admin endpoint is not built yet)",
     ]);
 }

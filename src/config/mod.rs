@@ -36,6 +36,9 @@ pub struct Config {
     /// Routes in file order. Matching precedence is the router's business, not the file order.
     pub routes: Vec<RouteConfig>,
     pub admin: Option<AdminConfig>,
+    /// Lines worth an operator's attention that do not stop the file from being used
+    /// (a certificate about to expire), as `FILE:LINE:COL: key.path: warning: …`.
+    pub warnings: Vec<String>,
 }
 
 /// `[proxy]`: global settings.
@@ -71,11 +74,13 @@ pub struct ListenerConfig {
     pub send_timeout: Duration,
 }
 
-/// One `{ cert, key }` table of a listener's `tls`; paths already made absolute.
+/// One `{ cert, key }` table of a listener's `tls`; paths already made absolute, and the
+/// files already read (so a bad certificate is a config problem, reported at its place).
 #[derive(Debug, Clone)]
 pub struct TlsCertConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub loaded: crate::tls::certs::LoadedCert,
 }
 
 /// One `[upstream.NAME]`.

@@ -71,11 +71,23 @@ pub(crate) fn validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
     let mut cx = Cx {
         problems,
+        warnings: Problems::default(),
         base_dir: base_dir(path),
     };
     let config = cx.config(&root, path);
     match config {
-        Some(config) if cx.problems.is_empty() => Ok(config),
+        Some(mut config) if cx.problems.is_empty() => {
+            if !cx.warnings.is_empty() {
+                config.warnings = cx
+                    .warnings
+                    .into_error(text, path)
+                    .to_string()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+            }
+            Ok(config)
+        }
         _ => Err(cx.problems.into_error(text, path)),
     }
 }
@@ -88,11 +100,16 @@ fn base_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Validation state: the problems found so far and what relative paths are anchored to.
+/// Validation state: the problems and warnings found so far, and what relative paths are
+/// anchored to.
 struct Cx {
     problems: Problems,
+    warnings: Problems,
     base_dir: PathBuf,
 }
+
+/// A certificate expiring sooner than this gets a warning from `sluice check`.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 impl Cx {
     fn push(&mut self, node: &Node, path: &str, message: String) {
@@ -239,6 +256,7 @@ impl Cx {
             upstreams,
             routes,
             admin,
+            warnings: Vec::new(),
         })
     }
 
@@ -340,7 +358,10 @@ impl Cx {
         listeners
     }
 
-    /// `tls = { cert, key }` or a list of such tables; checked, then refused.
+    /// `tls = { cert, key }` or a list of such tables. Each pair of files is read and
+    /// checked here, so a missing file, a file with no certificate or key, or a key that
+    /// does not match is reported at its place; a certificate expiring within 14 days is
+    /// a warning.
     fn listener_tls(&mut self, f: &Fields<'_>) -> Vec<TlsCertConfig> {
         let Some(node) = f.get("tls") else {
             return Vec::new();
@@ -363,7 +384,6 @@ impl Cx {
                 Vec::new()
             }
         };
-        let before = self.problems.len();
         let mut certs = Vec::new();
         for (item_path, item) in items {
             let Some(table) = self.table(item, &item_path, hint) else {
@@ -374,18 +394,50 @@ impl Cx {
             tf.require("key", "a PEM private key file", &mut self.problems);
             let cert = self.file_path(&tf, "cert", "a PEM certificate chain file");
             let key = self.file_path(&tf, "key", "a PEM private key file");
-            if let (Some(cert), Some(key)) = (cert, key) {
-                certs.push(TlsCertConfig { cert, key });
+            let (Some(cert), Some(key)) = (cert, key) else {
+                continue;
+            };
+            match crate::tls::certs::load(&cert, &key) {
+                Ok(loaded) => {
+                    self.warn_expiry(&tf, &loaded);
+                    certs.push(TlsCertConfig { cert, key, loaded });
+                }
+                Err(err) => {
+                    let at = match &err {
+                        crate::tls::certs::CertError::Mismatch { .. } => None,
+                        other if other.path() == key => Some("key"),
+                        _ => Some("cert"),
+                    };
+                    match at.and_then(|k| tf.get(k).map(|n| (k, n))) {
+                        Some((k, n)) => self.push(n, &tf.key_path(k), err.to_string()),
+                        None => self.problems.push(
+                            tf.span.clone(),
+                            tf.path.clone(),
+                            format!("{err} (a key made for this certificate)"),
+                        ),
+                    }
+                }
             }
         }
-        if self.problems.len() == before && !certs.is_empty() {
-            self.not_yet(
-                node,
-                &path,
-                "until TLS termination is built, terminate TLS in front of sluice",
-            );
-        }
         certs
+    }
+
+    /// A warning when the certificate has expired or expires within [`EXPIRY_WARNING`].
+    fn warn_expiry(&mut self, tf: &Fields<'_>, loaded: &crate::tls::certs::LoadedCert) {
+        let Some(node) = tf.get("cert") else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        let message = match loaded.not_after.duration_since(now) {
+            Err(_) => "warning: the certificate has expired (renew it)".to_owned(),
+            Ok(left) if left < EXPIRY_WARNING => format!(
+                "warning: the certificate expires in {} (renew it)",
+                humantime::format_duration(Duration::from_secs(left.as_secs() / 3600 * 3600))
+            ),
+            Ok(_) => return,
+        };
+        self.warnings
+            .push(node.span.clone(), tf.key_path("cert"), message);
     }
 
     fn admin(&mut self, node: &Node) -> Option<AdminConfig> {

@@ -421,7 +421,7 @@ async fn send(
         },
         Err(_) => req,
     };
-    let mut fresh = connect::open(server.addr, pool.connect_timeout)
+    let mut fresh = connect::open(server.addr, pool.connect_timeout, server.tls.as_ref())
         .await
         .map_err(|err| {
             if err.blames_server() {

@@ -10,9 +10,10 @@ use tokio::net::TcpStream;
 
 use super::head::{ClientIo, Timeouts};
 use super::limits::{ConnPermit, Limits};
-use crate::config::ListenerConfig;
+use super::Listening;
 use crate::proxy::{self, ConnContext, Runtime};
 use crate::shutdown::Shutdown;
+use crate::stream::Stream;
 
 /// hyper's default read-buffer ceiling (~400 KiB); raised only if a listener allows
 /// larger request heads, so `max_header_bytes` is always the limit that answers `431`.
@@ -23,7 +24,7 @@ const DEFAULT_MAX_BUF: usize = 400 * 1024;
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    listener: Arc<ListenerConfig>,
+    listening: Arc<Listening>,
     runtime: Arc<arc_swap::ArcSwap<Runtime>>,
     shutdown: Shutdown,
     permit: ConnPermit,
@@ -32,6 +33,29 @@ pub async fn serve(
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(client = %peer, cause = %err, "cannot set TCP_NODELAY");
     }
+    let listener = &listening.config;
+    let (stream, proto) = match &listening.tls {
+        None => (Stream::Plain(stream), "http"),
+        Some(acceptor) => {
+            // header_timeout bounds the TLS handshake too.
+            let handshake = acceptor.accept(stream);
+            let done = tokio::select! {
+                done = tokio::time::timeout(listener.header_timeout, handshake) => done,
+                () = shutdown.draining() => return,
+            };
+            match done {
+                Ok(Ok(tls)) => (Stream::TlsServer(Box::new(tls)), "https"),
+                Ok(Err(err)) => {
+                    tracing::debug!(client = %peer, cause = %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client = %peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let (io, clock) = ClientIo::new(
         stream,
         Timeouts {
@@ -43,7 +67,7 @@ pub async fn serve(
     let context = Arc::new(ConnContext {
         peer,
         peer_ip: crate::proxy::headers::ip_value(peer.ip()),
-        proto: "http",
+        proto,
         clock,
         runtime,
         shutdown: shutdown.clone(),

@@ -32,11 +32,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::error::raw_close_response;
+use crate::stream::Stream;
 
 static RESPONSE_408: LazyLock<Vec<u8>> =
     LazyLock::new(|| raw_close_response(StatusCode::REQUEST_TIMEOUT));
@@ -238,10 +238,10 @@ pub struct Timeouts {
     pub send: Duration,
 }
 
-/// A client TCP stream whose reads time out while a request head or body is awaited, and
+/// A client stream (plain or TLS) whose reads time out while a request head or body is awaited, and
 /// whose writes time out when the client stops reading.
 pub struct ClientIo {
-    stream: TcpStream,
+    stream: Stream,
     clock: HeadClock,
     timeouts: Timeouts,
     /// The head timer in odd epochs, the body timer in even ones.
@@ -271,7 +271,7 @@ fn deadline(timeout: Duration) -> Instant {
 }
 
 impl ClientIo {
-    pub fn new(stream: TcpStream, timeouts: Timeouts) -> (ClientIo, HeadClock) {
+    pub fn new(stream: Stream, timeouts: Timeouts) -> (ClientIo, HeadClock) {
         let clock = HeadClock::new();
         let io = ClientIo {
             stream,
@@ -290,7 +290,7 @@ impl ClientIo {
 
     /// The plain socket, for a connection that has become a tunnel: its clock and timers
     /// are done with, and the tunnel should not carry them.
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> Stream {
         self.stream
     }
 
@@ -376,7 +376,7 @@ impl AsyncRead for ClientIo {
                 if this.started || epoch == 1 {
                     // Best effort: the socket's send buffer is empty between requests, so
                     // this short write goes through at once or the client is gone anyway.
-                    let _ = this.stream.try_write(&RESPONSE_408);
+                    this.stream.write_now(&RESPONSE_408);
                     Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "request head timeout",
@@ -407,7 +407,7 @@ impl ClientIo {
     /// connection waits for a head (every parsed head reaches the handler first), so there
     /// it is replaced by sluice's own answer for the same status, with its one-line body.
     /// Returns the length to report as written, or `None` for an ordinary write.
-    fn replace_parse_error(&self, first: &[u8], total: usize) -> Option<usize> {
+    fn replace_parse_error(&mut self, first: &[u8], total: usize) -> Option<usize> {
         if self.clock.epoch() % 2 == 0 {
             return None;
         }
@@ -417,7 +417,7 @@ impl ClientIo {
             .and_then(|code| StatusCode::from_bytes(code).ok())?;
         // Best effort, as for 408: a short write on an idle socket, and the connection
         // closes right after.
-        let _ = self.stream.try_write(&raw_close_response(status));
+        self.stream.write_now(&raw_close_response(status));
         Some(total)
     }
 }

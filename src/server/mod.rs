@@ -27,7 +27,9 @@ use crate::proxy::error::raw_close_response;
 use crate::proxy::Runtime;
 use crate::resources;
 use crate::shutdown::Shutdown;
+use crate::tls::TlsSetupError;
 use limits::Limits;
+use tokio_rustls::TlsAcceptor;
 
 /// How long a refused connection (over a limit) is kept open to read and discard what the
 /// client sends after the `503`: closing a socket with unread data sends a reset, which can
@@ -41,8 +43,33 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// A bound, ready-to-run proxy.
 pub struct Server {
     config: Config,
-    listeners: Vec<(TcpListener, ListenerConfig)>,
+    listeners: Vec<(TcpListener, Listening)>,
     shared: Arc<Shared>,
+}
+
+/// What a listener's new connections get: its settings, and its TLS acceptor when it
+/// terminates TLS. Built whole from a config, and swapped whole on reload, so a new
+/// certificate reaches new connections while open ones carry on with theirs.
+pub struct Listening {
+    pub config: ListenerConfig,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Listening {
+    /// # Errors
+    /// rustls refused the listener's TLS setup.
+    pub fn new(config: &ListenerConfig) -> Result<Listening, TlsSetupError> {
+        let tls = if config.tls.is_empty() {
+            None
+        } else {
+            let certs: Vec<_> = config.tls.iter().map(|c| c.loaded.clone()).collect();
+            Some(TlsAcceptor::from(crate::tls::server::config(&certs)?))
+        };
+        Ok(Listening {
+            config: config.clone(),
+            tls,
+        })
+    }
 }
 
 /// What every listener and connection reads, swapped whole on reload so that the accept
@@ -65,6 +92,12 @@ pub enum ReloadError {
         #[source]
         source: io::Error,
     },
+    #[error("listener {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: TlsSetupError,
+    },
 }
 
 impl Server {
@@ -76,11 +109,15 @@ impl Server {
         let runtime = Runtime::build(&config).await?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
+            let listening = Listening::new(listener).map_err(|source| StartError::Tls {
+                addr: listener.addr,
+                source,
+            })?;
             let bound = bind(listener.addr).map_err(|source| StartError::Bind {
                 addr: listener.addr,
                 source,
             })?;
-            listeners.push((bound, listener.clone()));
+            listeners.push((bound, listening));
         }
         let shared = Arc::new(Shared {
             runtime: Arc::new(ArcSwap::from_pointee(runtime)),
@@ -102,15 +139,15 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .map(|(l, cfg)| l.local_addr().unwrap_or(cfg.addr))
+            .map(|(l, listening)| l.local_addr().unwrap_or(listening.config.addr))
             .collect()
     }
 
     /// Starts accepting on every listener.
     pub fn start(self) -> Running {
         let mut listeners = Vec::with_capacity(self.listeners.len());
-        for (listener, cfg) in self.listeners {
-            listeners.push(ListenerHandle::spawn(listener, cfg, &self.shared));
+        for (listener, listening) in self.listeners {
+            listeners.push(ListenerHandle::spawn(listener, listening, &self.shared));
         }
         Running {
             shared: self.shared,
@@ -157,18 +194,33 @@ impl Running {
     /// A hostname does not resolve or a new address cannot be bound; then nothing changes.
     pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let runtime = Runtime::build(&config).await?;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        // Bind every new address first, so a failure leaves everything as it was.
-        let mut fresh = Vec::new();
+        // Every listener's TLS setup first, then every new address bound, so a failure
+        // leaves everything as it was.
+        let mut built = Vec::with_capacity(config.listeners.len());
         for cfg in &config.listeners {
-            if state.listeners.iter().any(|l| l.addr() == cfg.addr) {
-                continue;
-            }
-            let bound = bind(cfg.addr).map_err(|source| ReloadError::Bind {
+            let listening = Listening::new(cfg).map_err(|source| ReloadError::Tls {
                 addr: cfg.addr,
                 source,
             })?;
-            fresh.push((bound, cfg.clone()));
+            built.push(listening);
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = Vec::new();
+        let mut kept_settings = Vec::new();
+        for listening in built {
+            if state
+                .listeners
+                .iter()
+                .any(|l| l.addr() == listening.config.addr)
+            {
+                kept_settings.push(listening);
+                continue;
+            }
+            let bound = bind(listening.config.addr).map_err(|source| ReloadError::Bind {
+                addr: listening.config.addr,
+                source,
+            })?;
+            fresh.push((bound, listening));
         }
         self.shared.runtime.store(Arc::new(runtime));
         self.shared.limits.set(
@@ -178,9 +230,12 @@ impl Running {
         );
         let mut kept = Vec::with_capacity(config.listeners.len());
         for old in state.listeners.drain(..) {
-            match config.listeners.iter().find(|c| c.addr == old.addr()) {
-                Some(cfg) => {
-                    old.config.store(Arc::new(cfg.clone()));
+            let same = kept_settings
+                .iter()
+                .position(|l| l.config.addr == old.addr());
+            match same {
+                Some(i) => {
+                    old.listening.store(Arc::new(kept_settings.swap_remove(i)));
                     kept.push(old);
                 }
                 None => {
@@ -189,8 +244,8 @@ impl Running {
                 }
             }
         }
-        for (listener, cfg) in fresh {
-            kept.push(ListenerHandle::spawn(listener, cfg, &self.shared));
+        for (listener, listening) in fresh {
+            kept.push(ListenerHandle::spawn(listener, listening, &self.shared));
         }
         state.listeners = kept;
         state.shutdown_timeout = config.proxy.shutdown_timeout;
@@ -217,27 +272,28 @@ impl Running {
 struct ListenerHandle {
     /// Bound address (port 0 resolved).
     local: SocketAddr,
-    /// Settings for new connections; replaced on reload.
-    config: Arc<ArcSwap<ListenerConfig>>,
+    /// Settings (and TLS) for new connections; replaced on reload.
+    listening: Arc<ArcSwap<Listening>>,
     /// Closes this listener alone (removed by a reload).
     stop: CancellationToken,
 }
 
 impl ListenerHandle {
-    fn spawn(listener: TcpListener, cfg: ListenerConfig, shared: &Arc<Shared>) -> ListenerHandle {
-        let local = listener.local_addr().unwrap_or(cfg.addr);
-        tracing::info!(addr = %local, "listening");
-        let config = Arc::new(ArcSwap::from_pointee(cfg));
+    fn spawn(listener: TcpListener, listening: Listening, shared: &Arc<Shared>) -> ListenerHandle {
+        let local = listener.local_addr().unwrap_or(listening.config.addr);
+        let tls = listening.tls.is_some();
+        tracing::info!(addr = %local, tls, "listening");
+        let listening = Arc::new(ArcSwap::from_pointee(listening));
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(
             listener,
-            Arc::clone(&config),
+            Arc::clone(&listening),
             Arc::clone(shared),
             stop.clone(),
         ));
         ListenerHandle {
             local,
-            config,
+            listening,
             stop,
         }
     }
@@ -245,7 +301,7 @@ impl ListenerHandle {
     /// The address as configured (`127.0.0.1:0` stays that, whatever port it got), which
     /// is what a reload compares.
     fn addr(&self) -> SocketAddr {
-        self.config.load().addr
+        self.listening.load().config.addr
     }
 
     fn close(self) {
@@ -255,7 +311,7 @@ impl ListenerHandle {
 
 async fn accept_loop(
     listener: TcpListener,
-    cfg: Arc<ArcSwap<ListenerConfig>>,
+    listening: Arc<ArcSwap<Listening>>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
@@ -270,7 +326,7 @@ async fn accept_loop(
                 Some(permit) => shared.shutdown.spawn(conn::serve(
                     stream,
                     peer,
-                    cfg.load_full(),
+                    listening.load_full(),
                     Arc::clone(&shared.runtime),
                     shared.shutdown.clone(),
                     permit,
@@ -287,7 +343,7 @@ async fn accept_loop(
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             }
             Err(err) => {
-                tracing::warn!(addr = %cfg.load().addr, cause = %err, "accept failed");
+                tracing::warn!(addr = %listening.load().config.addr, cause = %err, "accept failed");
             }
         }
     }

@@ -16,7 +16,7 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-use super::connect::connect_tcp;
+use super::connect::connect;
 use super::Server;
 use crate::config::HealthCheckConfig;
 
@@ -83,7 +83,7 @@ async fn run(server: Weak<Server>, pool: Arc<str>, cfg: HealthCheckConfig) {
 /// check could not be made for lack of a file descriptor.
 async fn probe(server: &Server, cfg: &HealthCheckConfig) -> Result<(), Option<String>> {
     let exchange = async {
-        let stream = connect_tcp(server.addr, cfg.timeout)
+        let stream = connect(server.addr, cfg.timeout, server.tls.as_ref())
             .await
             .map_err(|e| e.blames_server().then(|| e.to_string()))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

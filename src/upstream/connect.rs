@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+
+use crate::stream::Stream;
+use crate::tls::client::UpstreamTls;
 
 /// A sender on one upstream HTTP/1.1 connection; its connection task runs on its own.
 pub type Sender = SendRequest<crate::proxy::body::RequestBody>;
@@ -31,6 +35,10 @@ pub enum ConnectError {
     Io(#[source] io::Error),
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
+    /// The TLS handshake failed: most often, the server's certificate did not verify.
+    /// Not one byte of HTTP was sent.
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] io::Error),
     /// sluice itself has no descriptor to spare: not the server's fault.
     #[error("out of file descriptors: {0}")]
     NoDescriptors(#[source] io::Error),
@@ -60,10 +68,44 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
     Ok(stream)
 }
 
+/// How to reach one server over TLS: the pool's client config and the name to send as SNI
+/// and verify.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub tls: UpstreamTls,
+    pub name: ServerName<'static>,
+}
+
+/// Connects, and runs the TLS handshake for a TLS server, all within `timeout`.
+///
+/// # Errors
+/// The server could not be reached, or its certificate did not verify.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&ServerTls>,
+) -> Result<Stream, ConnectError> {
+    let started = tokio::time::Instant::now();
+    let tcp = connect_tcp(addr, timeout).await?;
+    let Some(tls) = tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let left = timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, tls.tls.connect(tls.name.clone(), tcp)).await {
+        Err(_) => Err(ConnectError::Timeout(timeout)),
+        Ok(Err(err)) => Err(ConnectError::Tls(err)),
+        Ok(Ok(stream)) => Ok(Stream::TlsClient(Box::new(stream))),
+    }
+}
+
 /// Connects and performs the HTTP/1.1 client handshake. The connection task is spawned and
 /// allows upgrades, so a `101` hands the raw connection to [`hyper::upgrade::on`].
-pub async fn open(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
-    let stream = connect_tcp(addr, timeout).await?;
+pub async fn open(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&ServerTls>,
+) -> Result<Sender, ConnectError> {
+    let stream = connect(addr, timeout, tls).await?;
     let (sender, conn) = Builder::new()
         .handshake(TokioIo::new(stream))
         .await

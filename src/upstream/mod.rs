@@ -19,8 +19,9 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::config::{Balance, HashKey, ServerConfig, UpstreamConfig};
+use crate::tls::client::UpstreamTls;
 use balance::Ring;
-use connect::{ConnectError, IdlePool, Sender};
+use connect::{ConnectError, IdlePool, Sender, ServerTls};
 use health::PassiveHealth;
 
 /// One reachable address of a pool. A `servers` entry whose hostname resolves to several
@@ -40,6 +41,8 @@ pub struct Server {
     weight: u32,
     /// Whether active health checks let it in (always true without `health_check`).
     checked_up: AtomicBool,
+    /// How to talk TLS to it (`tls` on its pool), with the name it must prove.
+    pub tls: Option<ServerTls>,
 }
 
 /// One request or tunnel counted as open on a server until it is dropped.
@@ -78,7 +81,7 @@ impl Server {
         if let Some(sender) = self.idle.take() {
             return Ok(sender);
         }
-        connect::open(self.addr, connect_timeout).await
+        connect::open(self.addr, connect_timeout, self.tls.as_ref()).await
     }
 }
 
@@ -116,6 +119,14 @@ pub enum PoolError {
     },
     #[error("upstream {pool}: {server} resolves to no address")]
     NoAddress { pool: String, server: String },
+    #[error("upstream {pool}: {source}")]
+    Tls {
+        pool: String,
+        #[source]
+        source: crate::tls::TlsSetupError,
+    },
+    #[error("upstream {pool}: {server} is not a name TLS can verify (set tls.server_name)")]
+    TlsName { pool: String, server: String },
 }
 
 impl Pool {
@@ -129,7 +140,26 @@ impl Pool {
         let mut backups = Vec::new();
         // The hash input per primary: as written for an IP, as resolved for a name.
         let mut ring_names: Vec<(usize, u32, String)> = Vec::new();
+        let tls = match &cfg.tls {
+            Some(tls) => Some(UpstreamTls::new(tls).map_err(|source| PoolError::Tls {
+                pool: cfg.name.clone(),
+                source,
+            })?),
+            None => None,
+        };
         for server in &cfg.servers {
+            let server_tls = match &tls {
+                Some(tls) => Some(ServerTls {
+                    tls: tls.clone(),
+                    name: tls
+                        .name_for(&server.host)
+                        .ok_or_else(|| PoolError::TlsName {
+                            pool: cfg.name.clone(),
+                            server: server.addr.clone(),
+                        })?,
+                }),
+                None => None,
+            };
             for addr in resolve(cfg, server).await? {
                 let index = servers.len();
                 let label: Arc<str> = if server.host.parse::<std::net::IpAddr>().is_ok() {
@@ -147,6 +177,7 @@ impl Pool {
                     active: AtomicUsize::new(0),
                     weight: server.weight.max(1),
                     checked_up: AtomicBool::new(true),
+                    tls: server_tls.clone(),
                 }));
                 if server.backup {
                     backups.push((index, server.weight));

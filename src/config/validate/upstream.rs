@@ -341,12 +341,19 @@ impl Cx {
                 return None;
             }
         };
-        if self.problems.len() == before {
-            self.not_yet(
-                node,
-                &path,
-                "sluice connects to upstreams over plain TCP for now",
-            );
+        if self.problems.len() != before {
+            return None;
+        }
+        if let (Some(ca), Value::Table(table)) = (&tls.ca, &node.value) {
+            if let Err(err) = crate::tls::client::roots_from_file(ca) {
+                let at = table
+                    .entries
+                    .iter()
+                    .find(|e| e.key == "ca")
+                    .map_or(node, |e| &e.node);
+                self.push(at, &format!("{path}.ca"), err.to_string());
+                return None;
+            }
         }
         Some(tls)
     }

@@ -1,0 +1,38 @@
+//! TLS with rustls and its `ring` provider (`ring` builds with nothing but the toolchain
+//! and the machine's C compiler; aws-lc-rs would also want CMake or a prebuilt library).
+//!
+//! - [`certs`]: PEM certificates and keys for listeners, their names and expiry.
+//! - [`server`]: a listener's rustls config: the certificate chosen by SNI, ALPN
+//!   `http/1.1`, session resumption.
+//! - [`client`]: connections to TLS upstreams, verified against the system's roots or a
+//!   given CA, with SNI.
+
+pub mod certs;
+pub mod client;
+pub mod server;
+
+/// Why a TLS config could not be built (rustls refused a setting, or the trust store
+/// could not be read). The running config stays when a reload hits this.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} holds no usable CA certificate", path.display())]
+    NoCa { path: std::path::PathBuf },
+    #[error("no trusted root certificate found on this system ({0})")]
+    NoSystemRoots(String),
+}
+
+/// The one crypto provider sluice uses.
+fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The only application protocol sluice speaks over TLS.
+const HTTP_1_1: &[u8] = b"http/1.1";

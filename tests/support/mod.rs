@@ -13,6 +13,8 @@
 //! - [`Daemon`]: the real `sluice` binary, for lifecycle tests.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

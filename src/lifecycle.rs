@@ -64,19 +64,40 @@ pub fn run_from_file(path: &Path) -> Result<(), StartError> {
         let mut signals = Signals::install()?;
         let running = Server::bind(config).await?.start();
         systemd::notify_ready();
-        loop {
-            match signals.next().await {
-                Event::Reload => reload(&running, path).await,
-                Event::Stop(name) => {
-                    tracing::info!(signal = name, "shutting down");
-                    break;
-                }
-            }
-        }
+        let stop = serve_signals(&mut signals, &running, path).await;
+        tracing::info!(signal = stop, "shutting down");
         systemd::notify_stopping();
         running.drain().await;
         Ok(())
     })
+}
+
+/// Handles signals until SIGTERM or SIGINT, whose name it returns. A reload runs while
+/// signals are still heard: a SIGTERM during a slow reload stops at once (the reload is
+/// abandoned, and nothing of it was applied), and a SIGHUP during a reload starts another
+/// one right after it, so the newest file always wins.
+async fn serve_signals(signals: &mut Signals, running: &Running, path: &Path) -> &'static str {
+    let mut reload_pending = false;
+    loop {
+        if !reload_pending {
+            match signals.next().await {
+                Event::Reload => {}
+                Event::Stop(name) => return name,
+            }
+        }
+        reload_pending = false;
+        let reloading = reload(running, path);
+        tokio::pin!(reloading);
+        loop {
+            tokio::select! {
+                () = &mut reloading => break,
+                event = signals.next() => match event {
+                    Event::Reload => reload_pending = true,
+                    Event::Stop(name) => return name,
+                },
+            }
+        }
+    }
 }
 
 /// One SIGHUP: validate the file again and take it over, or keep the running config.

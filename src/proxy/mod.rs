@@ -28,7 +28,7 @@ use crate::server::head::HeadClock;
 use crate::server::limits::{ConnPermit, Limits};
 use crate::shutdown::Shutdown;
 use crate::upstream::connect::{self, ConnectError, Sender};
-use crate::upstream::{Pool, PoolError, Server};
+use crate::upstream::{Active, Pool, PoolError, Registry, Server, ServerKey, ServerState};
 use body::{Access, RequestBody, ResponseBody};
 use error::{status_body, ProxyError};
 use route::{Route, Router};
@@ -46,10 +46,13 @@ impl Runtime {
     ///
     /// # Errors
     /// An upstream hostname does not resolve.
-    pub async fn build(config: &Config) -> Result<Runtime, PoolError> {
+    pub async fn build(config: &Config, registry: &Registry) -> Result<Runtime, PoolError> {
         let mut pools = std::collections::BTreeMap::new();
         for (name, upstream) in &config.upstreams {
-            pools.insert(name.clone(), Arc::new(Pool::build(upstream).await?));
+            pools.insert(
+                name.clone(),
+                Arc::new(Pool::build(upstream, registry).await?),
+            );
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
@@ -67,6 +70,20 @@ impl Runtime {
             router: Router::new(routes),
             trusted_proxies: config.proxy.trusted_proxies.clone(),
         })
+    }
+}
+
+impl Runtime {
+    /// Every server's registry key and state, over all pools.
+    pub fn server_states(&self) -> Vec<(ServerKey, Arc<ServerState>)> {
+        let mut seen = std::collections::HashSet::new();
+        let mut states = Vec::new();
+        for route in self.router.routes() {
+            if seen.insert(Arc::as_ptr(&route.pool)) {
+                states.extend(route.pool.states());
+            }
+        }
+        states
     }
 }
 
@@ -276,11 +293,12 @@ async fn forward(
     );
 
     // Pick and connect: a connect failure marks the server and moves on (nothing was sent).
-    let (server, sender) = connect_any(pool, balance_key, &route.label)
+    // Open on the server from the moment it is picked until the response body ends or the
+    // tunnel closes: counted before the connect, so a storm of handshakes spreads over the
+    // pool under least_conn instead of piling onto whichever server looked idlest.
+    let (server, sender, active) = connect_any(pool, balance_key, &route.label)
         .await
         .map_err(fail)?;
-    // Open on this server until the response body ends or the tunnel closes.
-    let active = server.open();
     let fail = |err: ProxyError| Failure {
         err,
         route: Some(Arc::clone(&route.label)),
@@ -310,7 +328,7 @@ async fn forward(
     let sent = tokio::select! {
         sent = exchange => sent,
         () = deadline => {
-            server.health.record_failure();
+            server.record_failure();
             return Err(fail(ProxyError::ResponseTimeout(read_timeout)));
         }
     };
@@ -362,29 +380,31 @@ async fn forward(
     headers::rewrite_response(&mut parts.headers, false);
     // A refused handshake's connection is not reused: the server may still think it is
     // mid-upgrade.
-    let release = (pool.keepalive && key.is_none()).then(|| (Arc::clone(&server.idle), sender));
+    let release = (pool.keepalive && key.is_none()).then(|| (Arc::clone(server.idle()), sender));
     Ok(Response::from_parts(
         parts,
         ResponseBody::upstream(body, release, active),
     ))
 }
 
-/// The first candidate that can be reached, in balancing order, each tried once.
+/// The first candidate that can be reached, in balancing order, each tried once, with the
+/// request counted as open on it since it was picked.
 async fn connect_any<'a>(
     pool: &'a Pool,
     balance_key: Option<u32>,
     route: &Arc<str>,
-) -> Result<(&'a Arc<Server>, Sender), ProxyError> {
+) -> Result<(&'a Arc<Server>, Sender, Active), ProxyError> {
     let mut last: Option<ConnectError> = None;
     for server in pool.candidates(balance_key) {
+        let active = server.open();
         match server.connection(pool.connect_timeout).await {
-            Ok(sender) => return Ok((server, sender)),
+            Ok(sender) => return Ok((server, sender, active)),
             Err(err) if !err.blames_server() => {
                 // sluice's own shortage: no other server would fare better.
                 return Err(ProxyError::AllServersFailed(err));
             }
             Err(err) => {
-                let down = server.health.record_failure();
+                let down = server.record_failure();
                 tracing::warn!(
                     route = &**route,
                     upstream = &*pool.name,
@@ -425,7 +445,7 @@ async fn send(
         .await
         .map_err(|err| {
             if err.blames_server() {
-                server.health.record_failure();
+                server.record_failure();
             }
             ProxyError::AllServersFailed(err)
         })?;

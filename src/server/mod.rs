@@ -28,6 +28,7 @@ use crate::proxy::Runtime;
 use crate::resources;
 use crate::shutdown::Shutdown;
 use crate::tls::TlsSetupError;
+use crate::upstream::Registry;
 use limits::Limits;
 use tokio_rustls::TlsAcceptor;
 
@@ -78,6 +79,8 @@ struct Shared {
     runtime: Arc<ArcSwap<Runtime>>,
     /// Kept for the process's life: a reload changes the maxima, not the counts.
     limits: Arc<Limits>,
+    /// Every upstream server's state, kept across reloads.
+    registry: Registry,
     shutdown: Shutdown,
 }
 
@@ -106,7 +109,8 @@ impl Server {
     /// # Errors
     /// A hostname does not resolve, or an address cannot be bound.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
-        let runtime = Runtime::build(&config).await?;
+        let registry = Registry::default();
+        let runtime = Runtime::build(&config, &registry).await?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let listening = Listening::new(listener).map_err(|source| StartError::Tls {
@@ -126,6 +130,7 @@ impl Server {
                 config.proxy.max_connections_per_ip,
                 config.proxy.max_tunnels_per_ip,
             ),
+            registry,
             shutdown: Shutdown::new(),
         });
         Ok(Server {
@@ -193,7 +198,7 @@ impl Running {
     /// # Errors
     /// A hostname does not resolve or a new address cannot be bound; then nothing changes.
     pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let runtime = Runtime::build(&config).await?;
+        let runtime = Arc::new(Runtime::build(&config, &self.shared.registry).await?);
         // Every listener's TLS setup first, then every new address bound, so a failure
         // leaves everything as it was.
         let mut built = Vec::with_capacity(config.listeners.len());
@@ -222,7 +227,10 @@ impl Running {
             })?;
             fresh.push((bound, listening));
         }
-        self.shared.runtime.store(Arc::new(runtime));
+        let before = self.shared.runtime.swap(Arc::clone(&runtime));
+        self.shared
+            .registry
+            .retire(&before.server_states(), &runtime.server_states());
         self.shared.limits.set(
             config.proxy.max_connections,
             config.proxy.max_connections_per_ip,

@@ -37,20 +37,24 @@ pub fn spawn(
 }
 
 async fn run(server: Weak<Server>, pool: Arc<str>, cfg: HealthCheckConfig) {
-    let mut passes = 0u32;
-    let mut fails = 0u32;
     loop {
         let Some(server) = server.upgrade() else {
             return;
         };
         let outcome = probe(&server, &cfg).await;
-        let up = server.checked_up.load(Ordering::Relaxed);
+        // The streaks and the verdict live in the server's state, so a reload (which
+        // starts new checkers) carries on counting where the old checker stopped.
+        let state = &server.state;
+        let up = state.checked_up.load(Ordering::Relaxed);
         match outcome {
             Ok(()) => {
-                fails = 0;
-                passes = passes.saturating_add(1);
+                state.check_fails.store(0, Ordering::Relaxed);
+                let passes = state
+                    .check_passes
+                    .fetch_add(1, Ordering::Relaxed)
+                    .saturating_add(1);
                 if !up && passes >= cfg.healthy {
-                    server.checked_up.store(true, Ordering::Relaxed);
+                    state.checked_up.store(true, Ordering::Relaxed);
                     tracing::info!(
                         upstream = &*pool,
                         server = &*server.label,
@@ -61,10 +65,13 @@ async fn run(server: Weak<Server>, pool: Arc<str>, cfg: HealthCheckConfig) {
             // sluice's own shortage of descriptors says nothing about the server.
             Err(None) => {}
             Err(Some(cause)) => {
-                passes = 0;
-                fails = fails.saturating_add(1);
+                state.check_passes.store(0, Ordering::Relaxed);
+                let fails = state
+                    .check_fails
+                    .fetch_add(1, Ordering::Relaxed)
+                    .saturating_add(1);
                 if up && fails >= cfg.unhealthy {
-                    server.checked_up.store(false, Ordering::Relaxed);
+                    state.checked_up.store(false, Ordering::Relaxed);
                     tracing::warn!(
                         upstream = &*pool,
                         server = &*server.label,

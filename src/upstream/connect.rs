@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -121,7 +122,8 @@ pub async fn open(
 /// Idle keep-alive connections to one server, most recently used first out.
 #[derive(Debug)]
 pub struct IdlePool {
-    max_idle: usize,
+    /// The pool's `keepalive`; a reload may change it.
+    max_idle: AtomicUsize,
     /// A std mutex: held only to push or pop, never across an await.
     idle: Mutex<Vec<(Sender, Instant)>>,
 }
@@ -129,14 +131,26 @@ pub struct IdlePool {
 impl IdlePool {
     pub fn new(max_idle: usize) -> IdlePool {
         IdlePool {
-            max_idle,
+            max_idle: AtomicUsize::new(max_idle),
             idle: Mutex::new(Vec::new()),
         }
     }
 
+    /// Takes a new `keepalive` (a reload); extra idle connections go on their next push.
+    pub fn set_max(&self, max_idle: usize) {
+        self.max_idle.store(max_idle, Ordering::Relaxed);
+        if max_idle == 0 {
+            self.clear();
+        }
+    }
+
+    fn max(&self) -> usize {
+        self.max_idle.load(Ordering::Relaxed)
+    }
+
     /// An idle connection that is still open, if any.
     pub fn take(&self) -> Option<Sender> {
-        if self.max_idle == 0 {
+        if self.max() == 0 {
             return None;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -151,7 +165,7 @@ impl IdlePool {
     /// Returns a connection whose last response is complete. When the connection is not
     /// ready yet (hyper finishing the previous exchange), a small task waits for it.
     pub fn put(self: &std::sync::Arc<Self>, mut sender: Sender) {
-        if self.max_idle == 0 || sender.is_closed() {
+        if self.max() == 0 || sender.is_closed() {
             return;
         }
         if sender.is_ready() {
@@ -169,7 +183,7 @@ impl IdlePool {
 
     fn push(&self, sender: Sender) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() >= self.max_idle {
+        while !idle.is_empty() && idle.len() >= self.max() {
             // Keep the newest: drop the oldest, whose server is likeliest to close it.
             idle.remove(0);
         }

@@ -16,11 +16,26 @@ fn now_ms() -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Failure accounting for one server.
-#[derive(Debug)]
-pub struct PassiveHealth {
+/// The pool's rule: how many failures within how long take a server out, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct FailPolicy {
     max_fails: u32,
     fail_timeout_ms: u64,
+}
+
+impl FailPolicy {
+    pub fn new(max_fails: u32, fail_timeout: Duration) -> FailPolicy {
+        FailPolicy {
+            max_fails,
+            fail_timeout_ms: u64::try_from(fail_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Failure accounting for one server; kept across reloads (see `state`), while the
+/// [`FailPolicy`] comes from the current config.
+#[derive(Debug, Default)]
+pub struct HealthState {
     /// `now_ms()` before which the server is skipped; 0 when it is up. Read on every pick,
     /// so it is an atomic rather than behind the mutex.
     down_until: AtomicU64,
@@ -28,16 +43,7 @@ pub struct PassiveHealth {
     window: Mutex<(u32, u64)>,
 }
 
-impl PassiveHealth {
-    pub fn new(max_fails: u32, fail_timeout: Duration) -> Self {
-        PassiveHealth {
-            max_fails,
-            fail_timeout_ms: u64::try_from(fail_timeout.as_millis()).unwrap_or(u64::MAX),
-            down_until: AtomicU64::new(0),
-            window: Mutex::new((0, 0)),
-        }
-    }
-
+impl HealthState {
     /// Whether the server may be picked now.
     pub fn is_available(&self) -> bool {
         let until = self.down_until.load(Ordering::Relaxed);
@@ -45,8 +51,8 @@ impl PassiveHealth {
     }
 
     /// Records a failure to reach the server; returns true when this one took it down.
-    pub fn record_failure(&self) -> bool {
-        if self.max_fails == 0 {
+    pub fn record_failure(&self, policy: FailPolicy) -> bool {
+        if policy.max_fails == 0 {
             return false;
         }
         let now = now_ms();
@@ -57,15 +63,15 @@ impl PassiveHealth {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (fails, opened) = &mut *window;
-        if *fails == 0 || now.saturating_sub(*opened) >= self.fail_timeout_ms {
+        if *fails == 0 || now.saturating_sub(*opened) >= policy.fail_timeout_ms {
             *fails = 0;
             *opened = now;
         }
         *fails += 1;
-        if *fails >= self.max_fails {
+        if *fails >= policy.max_fails {
             *fails = 0;
             self.down_until.store(
-                now.saturating_add(self.fail_timeout_ms).max(1),
+                now.saturating_add(policy.fail_timeout_ms).max(1),
                 Ordering::Relaxed,
             );
             true
@@ -81,35 +87,39 @@ mod tests {
 
     #[test]
     fn one_failure_takes_a_server_down_with_max_fails_1() {
-        let h = PassiveHealth::new(1, Duration::from_secs(10));
+        let p = FailPolicy::new(1, Duration::from_secs(10));
+        let h = HealthState::default();
         assert!(h.is_available());
-        assert!(h.record_failure());
+        assert!(h.record_failure(p));
         assert!(!h.is_available());
     }
 
     #[test]
     fn max_fails_counts_within_the_window() {
-        let h = PassiveHealth::new(3, Duration::from_secs(10));
-        assert!(!h.record_failure());
-        assert!(!h.record_failure());
+        let p = FailPolicy::new(3, Duration::from_secs(10));
+        let h = HealthState::default();
+        assert!(!h.record_failure(p));
+        assert!(!h.record_failure(p));
         assert!(h.is_available());
-        assert!(h.record_failure());
+        assert!(h.record_failure(p));
         assert!(!h.is_available());
     }
 
     #[test]
     fn max_fails_0_never_takes_a_server_down() {
-        let h = PassiveHealth::new(0, Duration::from_secs(10));
+        let p = FailPolicy::new(0, Duration::from_secs(10));
+        let h = HealthState::default();
         for _ in 0..10 {
-            assert!(!h.record_failure());
+            assert!(!h.record_failure(p));
         }
         assert!(h.is_available());
     }
 
     #[test]
     fn a_server_comes_back_after_fail_timeout() {
-        let h = PassiveHealth::new(1, Duration::from_millis(20));
-        h.record_failure();
+        let p = FailPolicy::new(1, Duration::from_millis(20));
+        let h = HealthState::default();
+        h.record_failure(p);
         assert!(!h.is_available());
         std::thread::sleep(Duration::from_millis(40));
         assert!(h.is_available());

@@ -2,17 +2,19 @@
 //! which a request tries them.
 //!
 //! A [`Pool`] is immutable once built (at start, and later on reload); the only mutable parts
-//! are per-server atomics (health) and idle-connection lists, so the request path reads a
-//! snapshot and never waits on a pool-wide lock.
+//! are each server's [`state::ServerState`] (health, open counts, idle connections), which
+//! outlives the snapshot, so the request path reads a snapshot plus atomics and never
+//! waits on a pool-wide lock.
 
 pub mod balance;
 pub mod check;
 pub mod connect;
 pub mod health;
 pub mod ring;
+pub mod state;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +24,8 @@ use crate::config::{Balance, HashKey, ServerConfig, UpstreamConfig};
 use crate::tls::client::UpstreamTls;
 use balance::Ring;
 use connect::{ConnectError, IdlePool, Sender, ServerTls};
-use health::PassiveHealth;
+use health::FailPolicy;
+pub use state::{Active, Registry, ServerKey, ServerState};
 
 /// One reachable address of a pool. A `servers` entry whose hostname resolves to several
 /// addresses becomes several `Server`s sharing its weight and backup flag.
@@ -33,44 +36,41 @@ pub struct Server {
     pub authority: HeaderValue,
     /// For logs and metrics: the written `host:port`, plus the address when it differs.
     pub label: Arc<str>,
-    pub health: PassiveHealth,
-    pub idle: Arc<IdlePool>,
-    /// Requests in flight and tunnels open on this server, for `least_conn`.
-    active: AtomicUsize,
     /// The server's weight, for `least_conn`'s active/weight comparison.
     weight: u32,
-    /// Whether active health checks let it in (always true without `health_check`).
-    checked_up: AtomicBool,
     /// How to talk TLS to it (`tls` on its pool), with the name it must prove.
     pub tls: Option<ServerTls>,
-}
-
-/// One request or tunnel counted as open on a server until it is dropped.
-#[derive(Debug)]
-pub struct Active(Arc<Server>);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
+    /// The pool's passive-health rule, from the current config.
+    policy: FailPolicy,
+    /// What is known about the server, kept across reloads.
+    pub state: Arc<ServerState>,
 }
 
 impl Server {
     /// Counts a request or tunnel as open on this server until the guard is dropped.
-    pub fn open(self: &Arc<Self>) -> Active {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        Active(Arc::clone(self))
+    pub fn open(&self) -> Active {
+        self.state.open()
     }
 
     /// Whether the server may be picked now: active checks (if any) let it in and passive
     /// health has not taken it out.
     pub fn is_available(&self) -> bool {
-        self.checked_up.load(Ordering::Relaxed) && self.health.is_available()
+        self.state.checked_up.load(Ordering::Relaxed) && self.state.health.is_available()
+    }
+
+    /// Records a failure to reach the server; true when it took the server out.
+    pub fn record_failure(&self) -> bool {
+        self.state.health.record_failure(self.policy)
     }
 
     /// Requests in flight and tunnels open on this server.
     pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
+        self.state.active()
+    }
+
+    /// Idle keep-alive connections to this server.
+    pub fn idle(&self) -> &Arc<IdlePool> {
+        &self.state.idle
     }
 
     /// An idle pooled connection, or a new one.
@@ -78,7 +78,7 @@ impl Server {
     /// # Errors
     /// The server could not be reached; the caller records the failure and moves on.
     pub async fn connection(&self, connect_timeout: Duration) -> Result<Sender, ConnectError> {
-        if let Some(sender) = self.idle.take() {
+        if let Some(sender) = self.state.idle.take() {
             return Ok(sender);
         }
         connect::open(self.addr, connect_timeout, self.tls.as_ref()).await
@@ -134,7 +134,9 @@ impl Pool {
     ///
     /// # Errors
     /// A hostname does not resolve.
-    pub async fn build(cfg: &UpstreamConfig) -> Result<Pool, PoolError> {
+    pub async fn build(cfg: &UpstreamConfig, registry: &Registry) -> Result<Pool, PoolError> {
+        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let policy = FailPolicy::new(cfg.max_fails, cfg.fail_timeout);
         let mut servers = Vec::new();
         let mut primaries = Vec::new();
         let mut backups = Vec::new();
@@ -172,12 +174,10 @@ impl Pool {
                     authority: HeaderValue::from_str(&server.addr)
                         .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
                     label,
-                    health: PassiveHealth::new(cfg.max_fails, cfg.fail_timeout),
-                    idle: Arc::new(IdlePool::new(cfg.keepalive)),
-                    active: AtomicUsize::new(0),
                     weight: server.weight.max(1),
-                    checked_up: AtomicBool::new(true),
                     tls: server_tls.clone(),
+                    policy,
+                    state: registry.state(&name, addr, cfg.keepalive),
                 }));
                 if server.backup {
                     backups.push((index, server.weight));
@@ -209,7 +209,6 @@ impl Pool {
         } else {
             ring::HashRing::default()
         };
-        let name: Arc<str> = Arc::from(cfg.name.as_str());
         let checkers = cfg.health_check.as_ref().map(|health| {
             let stop = tokio_util::sync::CancellationToken::new();
             for server in &servers {
@@ -231,6 +230,13 @@ impl Pool {
             primaries: Ring::new(&primaries),
             backups: Ring::new(&backups),
         })
+    }
+
+    /// Each server's registry key and state, for [`Registry::retire`].
+    pub fn states(&self) -> impl Iterator<Item = (ServerKey, Arc<ServerState>)> + '_ {
+        self.servers
+            .iter()
+            .map(|s| ((Arc::clone(&self.name), s.addr), Arc::clone(&s.state)))
     }
 
     /// Whether picks depend on a per-request key (`balance = "hash"`).
@@ -377,13 +383,23 @@ async fn resolve(
     if let Ok(ip) = server.host.parse::<std::net::IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, server.port)]);
     }
-    let found = tokio::net::lookup_host((server.host.as_str(), server.port))
-        .await
-        .map_err(|source| PoolError::Resolve {
-            pool: cfg.name.clone(),
-            server: server.addr.clone(),
-            source,
-        })?;
+    // Bounded by the pool's connect_timeout: a reload never waits on DNS longer than that.
+    let lookup = tokio::net::lookup_host((server.host.as_str(), server.port));
+    let found = match tokio::time::timeout(cfg.connect_timeout, lookup).await {
+        Ok(found) => found,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no answer within connect_timeout ({:?})",
+                cfg.connect_timeout
+            ),
+        )),
+    }
+    .map_err(|source| PoolError::Resolve {
+        pool: cfg.name.clone(),
+        server: server.addr.clone(),
+        source,
+    })?;
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for addr in found {
         if !addrs.contains(&addr) {

@@ -1,0 +1,146 @@
+//! Per-server state that outlives the pool snapshot it was first built with.
+//!
+//! A pool is rebuilt whole on every reload, but what sluice has learnt about a server must
+//! not be forgotten with it: whether passive or active health took it out (and the active
+//! checks' streaks), how many requests and tunnels it has open (for `least_conn`), and its
+//! idle pooled connections. So that state lives in a [`ServerState`] kept in a
+//! [`Registry`] keyed by pool name and address; each new snapshot takes over the state of
+//! every server it keeps. A server that leaves its pool keeps its state only as long as
+//! its open requests and tunnels do (they hold it through their [`Active`] guard), and its
+//! idle connections are closed at once.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use super::connect::IdlePool;
+use super::health::HealthState;
+
+/// What sluice knows about one server of one pool.
+#[derive(Debug)]
+pub struct ServerState {
+    /// Passive health: when it is down until, and the failures counted so far.
+    pub health: HealthState,
+    /// Whether active health checks let it in (true until they say otherwise).
+    pub checked_up: AtomicBool,
+    /// Active checks passed and failed in a row.
+    pub check_passes: AtomicU32,
+    pub check_fails: AtomicU32,
+    /// Requests in flight and tunnels open on it, for `least_conn`.
+    active: AtomicUsize,
+    /// Idle keep-alive connections to it.
+    pub idle: Arc<IdlePool>,
+}
+
+impl ServerState {
+    fn new(keepalive: usize) -> ServerState {
+        ServerState {
+            health: HealthState::default(),
+            checked_up: AtomicBool::new(true),
+            check_passes: AtomicU32::new(0),
+            check_fails: AtomicU32::new(0),
+            active: AtomicUsize::new(0),
+            idle: Arc::new(IdlePool::new(keepalive)),
+        }
+    }
+
+    /// Requests in flight and tunnels open on this server.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request or tunnel as open until the guard is dropped.
+    pub fn open(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Active(Arc::clone(self))
+    }
+}
+
+/// One request or tunnel counted as open on a server until it is dropped. It holds the
+/// server's state, not the snapshot: a tunnel opened before a reload releases its count on
+/// the state the new snapshot uses.
+#[derive(Debug)]
+pub struct Active(Arc<ServerState>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Which server of which pool.
+pub type ServerKey = (Arc<str>, SocketAddr);
+
+/// Every server's state, by pool and address; kept for the process's life.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Weak: a state lives as long as a snapshot or an open request holds it.
+    states: Mutex<HashMap<ServerKey, Weak<ServerState>>>,
+}
+
+impl Registry {
+    /// The state of `addr` in `pool`: the one already known, or a fresh one (a server
+    /// starts up, with nothing open). `keepalive` is the pool's current idle limit.
+    pub fn state(&self, pool: &Arc<str>, addr: SocketAddr, keepalive: usize) -> Arc<ServerState> {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (Arc::clone(pool), addr);
+        if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
+            state.idle.set_max(keepalive);
+            return state;
+        }
+        let state = Arc::new(ServerState::new(keepalive));
+        states.insert(key, Arc::downgrade(&state));
+        state
+    }
+
+    /// After a new snapshot took over: the servers of `before` that `now` no longer has
+    /// get no new requests (they are in no snapshot) and their idle connections are
+    /// closed; states nobody holds any more are forgotten.
+    pub fn retire(
+        &self,
+        before: &[(ServerKey, Arc<ServerState>)],
+        now: &[(ServerKey, Arc<ServerState>)],
+    ) {
+        let kept: HashSet<&ServerKey> = now.iter().map(|(k, _)| k).collect();
+        for (key, state) in before {
+            if !kept.contains(key) {
+                state.idle.clear();
+            }
+        }
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|_, state| state.strong_count() > 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_server_keeps_its_state_and_a_new_one_starts_fresh() {
+        let registry = Registry::default();
+        let pool: Arc<str> = Arc::from("app");
+        let a: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let b: SocketAddr = ([127, 0, 0, 1], 2).into();
+        let first = registry.state(&pool, a, 4);
+        let guard = first.open();
+        let again = registry.state(&pool, a, 8);
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(again.active(), 1);
+        let other = registry.state(&pool, b, 4);
+        assert_eq!(other.active(), 0);
+        drop(guard);
+        assert_eq!(first.active(), 0);
+        let before = vec![
+            ((Arc::clone(&pool), a), first),
+            ((Arc::clone(&pool), b), other),
+        ];
+        drop(again);
+        registry.retire(&before, &[]);
+        drop(before);
+        registry.retire(&[], &[]);
+        let fresh = registry.state(&pool, a, 4);
+        assert_eq!(fresh.active(), 0);
+    }
+}

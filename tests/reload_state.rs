@@ -1,0 +1,156 @@
+//! Reloads that remember: a server that stays in its pool keeps its health state and its
+//! count of open requests and tunnels across a reload.
+//!
+//! - `least_conn_counts_survive_a_reload`: tunnels opened before a reload still count, so
+//!   the server added by the reload gets the new ones.
+//! - `a_server_marked_down_stays_down_across_a_reload`: through the real binary; passive
+//!   health is not reset by SIGHUP.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use futures_util::StreamExt;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+fn least_conn(servers: &[SocketAddr]) -> String {
+    let list = servers
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = [{list}]
+balance = "least_conn"
+
+[[route]]
+upstream = "app"
+"#
+    )
+}
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a tunnel and returns it with the name its backend greeted it with.
+async fn open_tunnel(proxy: SocketAddr) -> (Client, String) {
+    let (mut ws, _) = ws_connect(&format!("ws://{proxy}/"), &[])
+        .await
+        .expect("tunnel opens");
+    let hello = within(WAIT, ws.next()).await.expect("hello").expect("read");
+    (ws, hello.into_text().expect("text").as_str().to_owned())
+}
+
+async fn named_ws_backend(name: &str) -> WsBackend {
+    ws_backend(WsBehaviour {
+        on_open: vec![Message::text(name)],
+        end_after: None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn least_conn_counts_survive_a_reload() {
+    init_tracing();
+    let a = named_ws_backend("a").await;
+    let b = named_ws_backend("b").await;
+    let first = sluice::config::Config::from_toml(&least_conn(&[a.addr]), Path::new("t.toml"))
+        .expect("valid");
+    let server = sluice::server::Server::bind(first).await.expect("bind");
+    let addr = server.local_addrs()[0];
+    let running = server.start();
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (tunnel, name) = open_tunnel(addr).await;
+        assert_eq!(name, "a");
+        held.push(tunnel);
+    }
+    // The reload adds b. a keeps its three open tunnels: the next three go to b.
+    let second =
+        sluice::config::Config::from_toml(&least_conn(&[a.addr, b.addr]), Path::new("t.toml"))
+            .expect("valid");
+    running.reload(second).await.expect("reload");
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        let (tunnel, name) = open_tunnel(addr).await;
+        after.push(name);
+        held.push(tunnel);
+    }
+    assert_eq!(
+        after,
+        ["b", "b", "b"],
+        "a's open tunnels still count after the reload"
+    );
+    drop(held);
+    running.drain().await;
+}
+
+#[tokio::test]
+async fn a_server_marked_down_stays_down_across_a_reload() {
+    let up = named_backend("up").await;
+    let down = dead_addr().await;
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let text = |extra: &str| {
+        format!(
+            r#"
+[[listener]]
+addr = "{listen}"
+
+[upstream.app]
+servers = ["{down}", "{up}"]
+max_fails = 1
+fail_timeout = "1h"
+
+[[route]]
+upstream = "app"
+{extra}
+"#,
+            up = up.addr
+        )
+    };
+    let path = temp_config("reload-health", &text(""));
+    let mut daemon = Daemon::start(&["run", "-c", path.to_str().expect("utf-8 path")]);
+    daemon.wait_listening(listen).await;
+    // Round robin tries the dead server within two requests; it is then out for an hour.
+    for _ in 0..4 {
+        assert_eq!(http_get(listen, "h", "/").await.body_str(), "up");
+    }
+    // A reload that changes the route but keeps both servers in the pool.
+    std::fs::write(&path, text(r#"set_headers = { "X-Generation" = "2" }"#))
+        .expect("rewrite config");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    eventually(WAIT, "the reloaded route is in force", || async {
+        assert_eq!(http_get(listen, "h", "/").await.body_str(), "up");
+        up.seen()
+            .last()
+            .is_some_and(|s| s.header("x-generation") == Some("2"))
+    })
+    .await;
+    for _ in 0..6 {
+        assert_eq!(http_get(listen, "h", "/").await.body_str(), "up");
+    }
+    daemon.sigterm();
+    let exit = daemon.wait_exit(WAIT).await;
+    assert_eq!(exit.code, Some(0), "{exit}");
+    assert!(
+        exit.stderr.contains("reloaded"),
+        "the reload happened{exit}"
+    );
+    let tries = exit.stderr.matches("upstream connect failed").count();
+    assert_eq!(
+        tries, 1,
+        "the dead server was tried once, before the reload, and never again{exit}"
+    );
+}

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
-                for warning in &cfg.warnings {
+                for warning in cfg.warnings.iter().chain(&unresolved(&cfg)) {
                     eprintln!("{warning}");
                 }
                 print!("{}", cfg.summary());
@@ -30,6 +30,14 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => exit(sluice::lifecycle::run_from_file(&config)),
         Command::Demo { listen } => exit(sluice::demo::run(listen)),
+    }
+}
+
+/// Host names in the config that do not resolve now, as warnings.
+fn unresolved(config: &Config) -> Vec<String> {
+    match sluice::lifecycle::tokio_runtime() {
+        Ok(runtime) => runtime.block_on(sluice::upstream::resolve::unresolved(config)),
+        Err(err) => vec![format!("warning: cannot check host names: {err}")],
     }
 }
 

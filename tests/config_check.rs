@@ -102,8 +102,14 @@ fn lines(lines: &[&str]) -> String {
 
 #[track_caller]
 fn assert_ok(out: &Output, stdout: &[&str]) {
+    // A host name that does not resolve here is a warning, not a problem.
+    let stderr: String = out
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("does not resolve now"))
+        .collect();
     assert_eq!(
-        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (out.code, out.stdout.as_str(), stderr.as_str()),
         (Some(0), lines(stdout).as_str(), ""),
         "\n--- stdout\n{}--- stderr\n{}",
         out.stdout,
@@ -971,9 +977,7 @@ addr = "127.0.0.1:9901"
 "#,
     );
     assert_problems(&out, &[
-        "sluice.toml:2:12: proxy.resolver: not supported yet (remove it; upstream host names are resolved by the system resolver)",
         r#"sluice.toml:15:12: upstream.a.hash_key: only used with balance = "hash" (set balance = "hash", or remove it)"#,
-        "sluice.toml:18:20: upstream.a.resolve_interval: not supported yet (remove it; host names are resolved once, at start)",
         "sluice.toml:28:1: admin: not supported yet (remove it; the admin endpoint is not built yet)",
     ]);
 }

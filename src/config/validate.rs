@@ -281,11 +281,6 @@ impl Cx {
             let path = f.key_path("resolver");
             if let Some(addr) = self.ip_port(node, &path, false) {
                 settings.resolver = Some(addr);
-                self.not_yet(
-                    node,
-                    &path,
-                    "upstream host names are resolved by the system resolver",
-                );
             }
         }
         if let Some(node) = f.get("trusted_proxies") {

@@ -28,7 +28,10 @@ use crate::server::head::HeadClock;
 use crate::server::limits::{ConnPermit, Limits};
 use crate::shutdown::Shutdown;
 use crate::upstream::connect::{self, ConnectError, Sender};
-use crate::upstream::{Active, Pool, PoolError, Registry, Server, ServerKey, ServerState};
+use crate::upstream::resolve::Resolver;
+use crate::upstream::{
+    Active, Pool, PoolError, PoolHandle, Registry, Server, ServerKey, ServerState,
+};
 use body::{Access, RequestBody, ResponseBody};
 use error::{status_body, ProxyError};
 use route::{Route, Router};
@@ -46,12 +49,16 @@ impl Runtime {
     ///
     /// # Errors
     /// An upstream hostname does not resolve.
-    pub async fn build(config: &Config, registry: &Registry) -> Result<Runtime, PoolError> {
+    pub async fn build(
+        config: &Config,
+        registry: &Arc<Registry>,
+        resolver: &Resolver,
+    ) -> Result<Runtime, PoolError> {
         let mut pools = std::collections::BTreeMap::new();
         for (name, upstream) in &config.upstreams {
             pools.insert(
                 name.clone(),
-                Arc::new(Pool::build(upstream, registry).await?),
+                PoolHandle::build(upstream, registry, resolver).await?,
             );
         }
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -80,7 +87,7 @@ impl Runtime {
         let mut states = Vec::new();
         for route in self.router.routes() {
             if seen.insert(Arc::as_ptr(&route.pool)) {
-                states.extend(route.pool.states());
+                states.extend(route.pool.load().states());
             }
         }
         states
@@ -257,9 +264,10 @@ async fn forward(
     };
 
     // The balancing key, read before the headers are rewritten.
-    let balance_key = if route.pool.hashes() {
+    let pool = route.pool.load();
+    let balance_key = if pool.hashes() {
         crate::upstream::ring::request_key(
-            &route.pool.hash_key,
+            &pool.hash_key,
             req.headers(),
             req.uri().path(),
             conn.peer_ip.as_bytes(),
@@ -270,7 +278,7 @@ async fn forward(
 
     // Rewrite: everything that does not depend on the server.
     let client_upgrade = key.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let pool = &route.pool;
+    let pool = &pool;
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
     // Kept for the tunnel's log line: the request as the client sent it.

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use http::uri::{PathAndQuery, Uri};
 
 use crate::config::{HostPattern, RouteConfig};
-use crate::upstream::Pool;
+use crate::upstream::PoolHandle;
 
 /// A route ready to serve: its config plus the pool it sends to.
 #[derive(Debug)]
 pub struct Route {
     pub config: RouteConfig,
-    pub pool: Arc<Pool>,
+    pub pool: Arc<PoolHandle>,
     /// Name in logs and metrics (`host/path` or `path`).
     pub label: Arc<str>,
 }

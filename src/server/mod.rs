@@ -28,6 +28,7 @@ use crate::proxy::Runtime;
 use crate::resources;
 use crate::shutdown::Shutdown;
 use crate::tls::TlsSetupError;
+use crate::upstream::resolve::Resolver;
 use crate::upstream::Registry;
 use limits::Limits;
 use tokio_rustls::TlsAcceptor;
@@ -80,7 +81,7 @@ struct Shared {
     /// Kept for the process's life: a reload changes the maxima, not the counts.
     limits: Arc<Limits>,
     /// Every upstream server's state, kept across reloads.
-    registry: Registry,
+    registry: Arc<Registry>,
     shutdown: Shutdown,
 }
 
@@ -101,6 +102,8 @@ pub enum ReloadError {
         #[source]
         source: TlsSetupError,
     },
+    #[error("cannot set up the DNS resolver: {0}")]
+    Resolver(#[source] io::Error),
 }
 
 impl Server {
@@ -109,8 +112,9 @@ impl Server {
     /// # Errors
     /// A hostname does not resolve, or an address cannot be bound.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
-        let registry = Registry::default();
-        let runtime = Runtime::build(&config, &registry).await?;
+        let registry = Arc::new(Registry::default());
+        let resolver = Resolver::new(config.proxy.resolver).map_err(StartError::Resolver)?;
+        let runtime = Runtime::build(&config, &registry, &resolver).await?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let listening = Listening::new(listener).map_err(|source| StartError::Tls {
@@ -198,7 +202,8 @@ impl Running {
     /// # Errors
     /// A hostname does not resolve or a new address cannot be bound; then nothing changes.
     pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let runtime = Arc::new(Runtime::build(&config, &self.shared.registry).await?);
+        let resolver = Resolver::new(config.proxy.resolver).map_err(ReloadError::Resolver)?;
+        let runtime = Arc::new(Runtime::build(&config, &self.shared.registry, &resolver).await?);
         // Every listener's TLS setup first, then every new address bound, so a failure
         // leaves everything as it was.
         let mut built = Vec::with_capacity(config.listeners.len());

@@ -10,6 +10,7 @@ pub mod balance;
 pub mod check;
 pub mod connect;
 pub mod health;
+pub mod resolve;
 pub mod ring;
 pub mod state;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::config::{Balance, HashKey, ServerConfig, UpstreamConfig};
+use crate::config::{Balance, HashKey, UpstreamConfig};
 use crate::tls::client::UpstreamTls;
 use balance::Ring;
 use connect::{ConnectError, IdlePool, Sender, ServerTls};
@@ -110,15 +111,6 @@ pub struct Pool {
 /// Why a pool could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("upstream {pool}: cannot resolve {server}: {source}")]
-    Resolve {
-        pool: String,
-        server: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("upstream {pool}: {server} resolves to no address")]
-    NoAddress { pool: String, server: String },
     #[error("upstream {pool}: {source}")]
     Tls {
         pool: String,
@@ -129,12 +121,66 @@ pub enum PoolError {
     TlsName { pool: String, server: String },
 }
 
-impl Pool {
-    /// Builds the pool, resolving hostnames once.
+/// A pool as routes see it: its current snapshot, replaced whole when its host names
+/// resolve to other addresses (requests already under way keep the snapshot they started
+/// with).
+#[derive(Debug)]
+pub struct PoolHandle {
+    pub current: arc_swap::ArcSwap<Pool>,
+    /// Re-resolves the pool's host names; stopped when the handle is dropped.
+    refresher: std::sync::OnceLock<resolve::Refresher>,
+}
+
+impl PoolHandle {
+    /// Resolves the pool's host names (each bounded by `connect_timeout`), builds its
+    /// first snapshot, and starts re-resolving every `resolve_interval` if it has names.
+    /// A name that does not resolve now leaves its server without addresses until it does.
     ///
     /// # Errors
-    /// A hostname does not resolve.
-    pub async fn build(cfg: &UpstreamConfig, registry: &Registry) -> Result<Pool, PoolError> {
+    /// The pool's TLS setup failed.
+    pub async fn build(
+        cfg: &UpstreamConfig,
+        registry: &Arc<Registry>,
+        resolver: &resolve::Resolver,
+    ) -> Result<Arc<PoolHandle>, PoolError> {
+        let mut failing = vec![false; cfg.servers.len()];
+        let addrs = resolve::resolve_all(cfg, resolver, None, &mut failing).await;
+        let pool = Pool::build(cfg, registry, &addrs)?;
+        let handle = Arc::new(PoolHandle {
+            current: arc_swap::ArcSwap::from_pointee(pool),
+            refresher: std::sync::OnceLock::new(),
+        });
+        if cfg.servers.iter().any(resolve::is_name) {
+            let refresher = resolve::Refresher::spawn(
+                &handle,
+                cfg.clone(),
+                resolver.clone(),
+                Arc::clone(registry),
+                addrs,
+                failing,
+            );
+            let _ = handle.refresher.set(refresher);
+        }
+        Ok(handle)
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Pool> {
+        self.current.load_full()
+    }
+}
+
+impl Pool {
+    /// Builds a snapshot of the pool with `addrs[i]` the addresses of `cfg.servers[i]`,
+    /// taking over each kept server's state from `registry`.
+    ///
+    /// # Errors
+    /// The pool's TLS setup failed.
+    pub fn build(
+        cfg: &UpstreamConfig,
+        registry: &Registry,
+        addrs: &[Vec<SocketAddr>],
+    ) -> Result<Pool, PoolError> {
         let name: Arc<str> = Arc::from(cfg.name.as_str());
         let policy = FailPolicy::new(cfg.max_fails, cfg.fail_timeout);
         let mut servers = Vec::new();
@@ -149,7 +195,7 @@ impl Pool {
             })?),
             None => None,
         };
-        for server in &cfg.servers {
+        for (server, resolved) in cfg.servers.iter().zip(addrs) {
             let server_tls = match &tls {
                 Some(tls) => Some(ServerTls {
                     tls: tls.clone(),
@@ -162,7 +208,7 @@ impl Pool {
                 }),
                 None => None,
             };
-            for addr in resolve(cfg, server).await? {
+            for &addr in resolved {
                 let index = servers.len();
                 let label: Arc<str> = if server.host.parse::<std::net::IpAddr>().is_ok() {
                     Arc::from(server.addr.as_str())
@@ -374,43 +420,4 @@ fn least_loaded<'a>(
     let (index, server) = best?;
     seen.insert(index);
     Some(server)
-}
-
-async fn resolve(
-    cfg: &UpstreamConfig,
-    server: &ServerConfig,
-) -> Result<Vec<SocketAddr>, PoolError> {
-    if let Ok(ip) = server.host.parse::<std::net::IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, server.port)]);
-    }
-    // Bounded by the pool's connect_timeout: a reload never waits on DNS longer than that.
-    let lookup = tokio::net::lookup_host((server.host.as_str(), server.port));
-    let found = match tokio::time::timeout(cfg.connect_timeout, lookup).await {
-        Ok(found) => found,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!(
-                "no answer within connect_timeout ({:?})",
-                cfg.connect_timeout
-            ),
-        )),
-    }
-    .map_err(|source| PoolError::Resolve {
-        pool: cfg.name.clone(),
-        server: server.addr.clone(),
-        source,
-    })?;
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for addr in found {
-        if !addrs.contains(&addr) {
-            addrs.push(addr);
-        }
-    }
-    if addrs.is_empty() {
-        return Err(PoolError::NoAddress {
-            pool: cfg.name.clone(),
-            server: server.addr.clone(),
-        });
-    }
-    Ok(addrs)
 }

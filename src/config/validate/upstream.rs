@@ -81,22 +81,8 @@ impl Cx {
             "drain_timeout",
             "draining a server's tunnels is not built yet",
         );
-        let default_resolve = Duration::from_secs(30);
-        let resolve_interval = match f.get("resolve_interval") {
-            Some(node) => {
-                let before = self.problems.len();
-                let d = self.duration(&f, "resolve_interval", default_resolve, false);
-                if self.problems.len() == before {
-                    self.not_yet(
-                        node,
-                        &f.key_path("resolve_interval"),
-                        "host names are resolved once, at start",
-                    );
-                }
-                d
-            }
-            None => default_resolve,
-        };
+        let resolve_interval =
+            self.duration(&f, "resolve_interval", Duration::from_secs(30), false);
         Some(UpstreamConfig {
             name: name.to_owned(),
             servers,

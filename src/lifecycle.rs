@@ -31,8 +31,6 @@ pub enum StartError {
         #[source]
         source: crate::tls::TlsSetupError,
     },
-    #[error("cannot set up the DNS resolver: {0}")]
-    Resolver(#[source] io::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
     #[error("cannot install signal handlers: {0}")]

@@ -102,8 +102,6 @@ pub enum ReloadError {
         #[source]
         source: TlsSetupError,
     },
-    #[error("cannot set up the DNS resolver: {0}")]
-    Resolver(#[source] io::Error),
 }
 
 impl Server {
@@ -113,7 +111,7 @@ impl Server {
     /// A hostname does not resolve, or an address cannot be bound.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         let registry = Arc::new(Registry::default());
-        let resolver = Resolver::new(config.proxy.resolver).map_err(StartError::Resolver)?;
+        let resolver = Resolver::new(config.proxy.resolver);
         let runtime = Runtime::build(&config, &registry, &resolver).await?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
@@ -202,7 +200,7 @@ impl Running {
     /// # Errors
     /// A hostname does not resolve or a new address cannot be bound; then nothing changes.
     pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let resolver = Resolver::new(config.proxy.resolver).map_err(ReloadError::Resolver)?;
+        let resolver = Resolver::new(config.proxy.resolver);
         let runtime = Arc::new(Runtime::build(&config, &self.shared.registry, &resolver).await?);
         // Every listener's TLS setup first, then every new address bound, so a failure
         // leaves everything as it was.

@@ -19,35 +19,52 @@ use hickory_resolver::TokioResolver;
 use super::{Pool, PoolHandle, Registry};
 use crate::config::{ServerConfig, UpstreamConfig};
 
-/// Resolves upstream host names.
+/// Resolves upstream host names. The resolver itself is set up on the first lookup, so a
+/// config without host names never reads `/etc/resolv.conf` (a minimal container may have
+/// none).
 #[derive(Clone)]
-pub struct Resolver(TokioResolver);
+pub struct Resolver {
+    server: Option<SocketAddr>,
+    inner: Arc<std::sync::OnceLock<Result<TokioResolver, String>>>,
+}
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Resolver")
+        f.debug_struct("Resolver")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
     }
 }
 
 impl Resolver {
-    /// The system's resolver, or the DNS server at `server` (over UDP). Answers are not cached: every lookup asks, since lookups are
-    /// rare (one per name per `resolve_interval`) and must see a moved name at once.
-    ///
-    /// # Errors
-    /// The system's resolver configuration cannot be read.
-    pub fn new(server: Option<SocketAddr>) -> std::io::Result<Resolver> {
-        let mut options = ResolverOpts::default();
-        options.cache_size = 0;
-        options.attempts = 1;
-        let builder = match server {
-            Some(addr) => {
-                let mut config = ResolverConfig::new();
-                config.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
-                TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
-            }
-            None => TokioResolver::builder_tokio().map_err(std::io::Error::other)?,
-        };
-        Ok(Resolver(builder.with_options(options).build()))
+    /// The system's resolver, or the DNS server at `server` (over UDP).
+    pub fn new(server: Option<SocketAddr>) -> Resolver {
+        Resolver {
+            server,
+            inner: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// Answers are not cached: every lookup asks, since lookups are rare (one per name per
+    /// `resolve_interval`) and must see a moved name at once.
+    fn resolver(&self) -> std::io::Result<&TokioResolver> {
+        let built = self.inner.get_or_init(|| {
+            let mut options = ResolverOpts::default();
+            options.cache_size = 0;
+            options.attempts = 1;
+            let builder = match self.server {
+                Some(addr) => {
+                    let mut config = ResolverConfig::new();
+                    config.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
+                    TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+                }
+                None => TokioResolver::builder_tokio().map_err(|e| e.to_string())?,
+            };
+            Ok(builder.with_options(options).build())
+        });
+        built
+            .as_ref()
+            .map_err(|e| std::io::Error::other(format!("cannot set up the resolver: {e}")))
     }
 
     /// The addresses of `host`, each with `port`, sorted; within `timeout`.
@@ -60,7 +77,7 @@ impl Resolver {
         port: u16,
         timeout: Duration,
     ) -> std::io::Result<Vec<SocketAddr>> {
-        let found = tokio::time::timeout(timeout, self.0.lookup_ip(host))
+        let found = tokio::time::timeout(timeout, self.resolver()?.lookup_ip(host))
             .await
             .map_err(|_| {
                 std::io::Error::new(
@@ -85,10 +102,7 @@ impl Resolver {
 /// One warning per host name in `config` that does not resolve now, for `sluice check`: a
 /// typo should be visible, though `run` starts anyway (see [`resolve_all`]).
 pub async fn unresolved(config: &crate::config::Config) -> Vec<String> {
-    let resolver = match Resolver::new(config.proxy.resolver) {
-        Ok(resolver) => resolver,
-        Err(err) => return vec![format!("warning: cannot set up the DNS resolver: {err}")],
-    };
+    let resolver = Resolver::new(config.proxy.resolver);
     let mut warnings = Vec::new();
     for (name, upstream) in &config.upstreams {
         for server in upstream.servers.iter().filter(|s| is_name(s)) {

@@ -13,6 +13,7 @@
 //! - [`Daemon`]: the real `sluice` binary, for lifecycle tests.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod tls;
 
 use std::convert::Infallible;

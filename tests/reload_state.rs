@@ -5,6 +5,8 @@
 //!   the server added by the reload gets the new ones.
 //! - `a_server_marked_down_stays_down_across_a_reload`: through the real binary; passive
 //!   health is not reset by SIGHUP.
+//! - `a_handshake_storm_spreads_under_least_conn`: least_conn counts a server when it is
+//!   picked, so a storm of handshakes to a pool with a slow-to-connect server spreads.
 
 mod support;
 
@@ -153,4 +155,76 @@ upstream = "app"
         tries, 1,
         "the dead server was tried once, before the reload, and never again{exit}"
     );
+}
+
+/// A storm of handshakes to a pool where one server's connects are slow: least_conn counts
+/// each server from the moment it is picked, so the storm spreads instead of piling onto
+/// the server that looked idlest while its connects were still under way.
+#[tokio::test]
+async fn a_handshake_storm_spreads_under_least_conn() {
+    use std::sync::atomic::Ordering;
+    use support::tls::{tls_backend, write, Ca};
+
+    init_tracing();
+    let ca = Ca::new("storm CA");
+    let dir = support::tls::temp_dir("storm");
+    let ca_file = write(&dir, "ca.pem", &ca.pem());
+    let a = tls_backend(&ca.leaf(&["backend.internal"])).await;
+    let b = tls_backend(&ca.leaf(&["backend.internal"])).await;
+    let pool = |servers: &[SocketAddr]| {
+        let list = servers
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = [{list}]
+balance = "least_conn"
+tls = {{ ca = "{}", server_name = "backend.internal" }}
+
+[[route]]
+upstream = "app"
+"#,
+            ca_file.display()
+        )
+    };
+    let first =
+        sluice::config::Config::from_toml(&pool(&[b.addr]), Path::new("t.toml")).expect("valid");
+    let server = sluice::server::Server::bind(first).await.expect("bind");
+    let addr = server.local_addrs()[0];
+    let running = server.start();
+    let url = format!("ws://{addr}/ws");
+
+    // b holds four tunnels; then a joins, and a's connects take 300 ms.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(ws_connect(&url, &[]).await.expect("tunnel").0);
+    }
+    assert_eq!(b.handshakes.load(Ordering::SeqCst), 4);
+    let second = sluice::config::Config::from_toml(&pool(&[a.addr, b.addr]), Path::new("t.toml"))
+        .expect("valid");
+    running.reload(second).await.expect("reload");
+    a.handshake_delay_ms.store(300, Ordering::SeqCst);
+
+    // Eight handshakes at once.
+    let storm: Vec<_> = (0..8).map(|_| ws_connect(&url, &[])).collect();
+    for opened in futures_util::future::join_all(storm).await {
+        held.push(opened.expect("tunnel in the storm").0);
+    }
+    let (on_a, on_b) = (
+        a.handshakes.load(Ordering::SeqCst),
+        b.handshakes.load(Ordering::SeqCst) - 4,
+    );
+    assert_eq!(on_a + on_b, 8);
+    assert!(
+        on_b >= 1 && on_a <= 7,
+        "the storm piled onto a: {on_a} on a, {on_b} on b (a's picks must count at once)"
+    );
+    drop(held);
+    running.drain().await;
 }

@@ -11,6 +11,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{within, WAIT};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::{accept_for, full, text, TestBody};
 
 /// A test certificate authority.
 pub struct Ca {
@@ -137,4 +142,109 @@ pub fn presented(tls: &ClientTls) -> CertificateDer<'static> {
         .expect("the server presented a certificate")
         .clone()
         .into_owned()
+}
+
+/// A TLS backend serving HTTP/1.1 (and WebSocket echo on `Upgrade`) with `leaf`. It counts
+/// TLS handshakes that completed and HTTP requests it received.
+pub struct TlsBackend {
+    pub addr: SocketAddr,
+    pub handshakes: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
+    /// Milliseconds to wait after accepting a connection before the TLS handshake, so a
+    /// connect to this backend is slow.
+    pub handshake_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+pub async fn tls_backend(leaf: &Leaf) -> TlsBackend {
+    let certs: Vec<CertificateDer<'static>> = vec![leaf.der.clone()];
+    let key: rustls::pki_types::PrivateKeyDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes())
+            .expect("key pem");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("backend certificate");
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let backend = TlsBackend {
+        addr,
+        handshakes: Arc::clone(&handshakes),
+        requests: Arc::clone(&requests),
+        connections: Arc::clone(&connections),
+        handshake_delay_ms: Arc::clone(&delay),
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            connections.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, handshakes, requests) = (
+                acceptor.clone(),
+                Arc::clone(&handshakes),
+                Arc::clone(&requests),
+            );
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                handshakes.fetch_add(1, Ordering::SeqCst);
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        async move { Ok::<_, std::convert::Infallible>(answer(req).await) }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    backend
+}
+
+/// `200 tls backend`, or a WebSocket echo for a handshake.
+pub async fn answer(mut req: http::Request<hyper::body::Incoming>) -> http::Response<TestBody> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(200, "tls backend");
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_text() && ws.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    http::Response::builder()
+        .status(101)
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header(
+            "sec-websocket-accept",
+            accept_for(key.to_str().unwrap_or_default()),
+        )
+        .body(full(""))
+        .expect("101")
 }

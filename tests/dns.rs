@@ -261,3 +261,85 @@ upstream = "app"
     );
     assert!(!stderr.contains("app.test:80 does"), "{stderr}");
 }
+
+/// The next sd_notify message sluice sent.
+async fn next_notice(notify: &tokio::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = within(WAIT, notify.recv(&mut buf))
+        .await
+        .expect("notify message");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A DNS server that never answers: lookups through it take their whole timeout.
+async fn silent_resolver() -> (tokio::net::UdpSocket, SocketAddr) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind silent DNS");
+    let addr = socket.local_addr().expect("addr");
+    (socket, addr)
+}
+
+#[tokio::test]
+async fn a_sigterm_during_a_slow_reload_stops_at_once() {
+    let backend = named_backend("ok").await;
+    let (_silent, dns) = silent_resolver().await;
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let base = |servers: &str| {
+        format!(
+            r#"
+[proxy]
+resolver = "{dns}"
+shutdown_timeout = "1s"
+
+[[listener]]
+addr = "{listen}"
+
+[upstream.app]
+servers = [{servers}]
+connect_timeout = "20s"
+
+[[route]]
+upstream = "app"
+"#
+        )
+    };
+    let path = temp_config("slow-reload", &base(&format!("\"{}\"", backend.addr)));
+    let socket_path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("slow-reload-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket_path);
+    let notify = tokio::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c", path.to_str().expect("utf-8 path")])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sluice");
+    let pid = child.id().expect("pid").to_string();
+    assert!(next_notice(&notify).await.contains("READY=1"));
+
+    // A reload whose lookup will not be answered for 20 s (its pool's connect_timeout).
+    std::fs::write(&path, base("\"never.test:80\"")).expect("rewrite config");
+    let kill = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    };
+    kill("-HUP");
+    assert!(next_notice(&notify).await.contains("RELOADING=1"));
+    let started = std::time::Instant::now();
+    kill("-TERM");
+    let status = within(WAIT, child.wait()).await.expect("exit status");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "SIGTERM waited {:?} for the reload's DNS lookup",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_file(&socket_path);
+}

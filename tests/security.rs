@@ -476,6 +476,7 @@ async fn dot_segments_cannot_cross_a_route_prefix() {
         "/%2e%2e/x",
         "/app/..%2fsecret",
         "/app/..%5Csecret",
+        "/app/..;/secret",
     ] {
         let mut c = RawClient::connect(proxy.addr).await;
         c.send(format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n"))

@@ -577,6 +577,41 @@ upstream = "app"
 }
 
 #[test]
+fn check_refuses_special_files_as_certificates() {
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("special");
+    ca.leaf(&["good.example"]).write(&dir, "good");
+    write(
+        &dir,
+        "sluice.toml",
+        r#"[[listener]]
+addr = "127.0.0.1:8443"
+tls = { cert = "/dev/zero", key = "good.key" }
+
+[upstream.app]
+servers = ["127.0.0.1:3000"]
+tls = { ca = "/dev/zero" }
+
+[[route]]
+upstream = "app"
+"#,
+    );
+    let out = sluice_in(&dir, &["check", "-c", "sluice.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "sluice.toml:3:16: listener[0].tls.cert: cannot read /dev/zero: not a regular file"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("upstream.app.tls.ca: cannot read /dev/zero: not a regular file"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_warns_of_a_certificate_about_to_expire() {
     let ca = Ca::new("test CA");
     let dir = temp_dir("expiry");

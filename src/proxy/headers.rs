@@ -96,7 +96,7 @@ pub fn is_forwarding_header(name: &[u8]) -> bool {
     folded_eq(name, b"forwarded")
         || folded_eq(name, b"x-real-ip")
         || folded_eq(name, b"true-client-ip")
-        || (name.len() > PREFIX.len() && folded_eq(&name[..PREFIX.len()], PREFIX))
+        || (name.len() >= PREFIX.len() && folded_eq(&name[..PREFIX.len()], PREFIX))
 }
 
 /// Removes the forwarding headers a client sent: all of them from an untrusted peer, and

@@ -50,9 +50,15 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, Climbs> {
     Ok(Cow::Owned(normal))
 }
 
-/// Whether a segment holds a `..` between separators that a backend decoding `%2f`, or
-/// treating `\\` as `/` (as Windows servers do), would act on: `..%2fsecret`, `a\\..`.
+/// Whether a segment holds a `..` that a backend would act on though RFC 3986 does not:
+/// between separators it decodes (`%2f`) or reads as `/` (`\\` on Windows servers), as in
+/// `..%2fsecret` or `a\\..`, or before path parameters, which Java servers strip (`..;x`).
 fn hides_dot_dot(segment: &str) -> bool {
+    if let Some((before, _)) = segment.split_once(';') {
+        if dots(before) == Some(2) {
+            return true;
+        }
+    }
     if !segment.contains(['%', '\\']) {
         return false;
     }

@@ -73,7 +73,7 @@ impl CertError {
 /// A file is missing or unreadable, holds no certificate or key, or the key does not match.
 pub fn load(cert: &Path, key: &Path) -> Result<LoadedCert, CertError> {
     let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| CertError::Read {
+        super::read_pem_file(path).map_err(|source| CertError::Read {
             path: path.to_path_buf(),
             source,
         })

@@ -87,7 +87,7 @@ impl UpstreamTls {
 
 /// Every certificate in a PEM bundle, as trust anchors.
 pub fn roots_from_file(path: &Path) -> Result<RootCertStore, TlsSetupError> {
-    let pem = std::fs::read(path).map_err(|source| TlsSetupError::Read {
+    let pem = super::read_pem_file(path).map_err(|source| TlsSetupError::Read {
         path: path.to_path_buf(),
         source,
     })?;

@@ -23,7 +23,7 @@ pub(super) const ORIGIN_HINT: &str =
     "scheme://host[:port] as browsers send it, e.g. \"https://example.com\"";
 
 /// The headers `set_headers` may not set, each with why: sluice owns them.
-const HOP_BY_HOP: [&str; 7] = [
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -31,6 +31,7 @@ const HOP_BY_HOP: [&str; 7] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
+    "http2-settings",
 ];
 
 /// `IP:PORT` with an IP literal (listeners, admin, resolver): these are bound or dialled

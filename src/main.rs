@@ -3,15 +3,14 @@
 
 use std::process::ExitCode;
 
-/// mimalloc rather than the system allocator: see the benchmark notes in `benches/README.md`.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 use clap::Parser;
 use sluice::cli::{Cli, Command};
 use sluice::config::Config;
 
 fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     sluice::logging::init(cli.log_format);
     match cli.command {

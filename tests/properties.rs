@@ -38,11 +38,20 @@ use invariants::{
     SAMPLE_KEY, VALUES, VERSIONS,
 };
 
+/// A fixed seed, so `cargo test` (and CI) checks the same cases every run; exploring is
+/// the fuzzers' job. `PROPTEST_RNG_SEED=N` picks another seed.
 fn config(cases: u32) -> ProptestConfig {
+    let default = ProptestConfig::default();
+    let rng_seed = if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+        default.rng_seed
+    } else {
+        proptest::test_runner::RngSeed::Fixed(0x5_1c_e5)
+    };
     ProptestConfig {
         cases,
         failure_persistence: None,
-        ..ProptestConfig::default()
+        rng_seed,
+        ..default
     }
 }
 

@@ -69,7 +69,12 @@ impl fmt::Display for ConfigError {
                     if !p.key_path.is_empty() {
                         write!(f, "{}: ", p.key_path)?;
                     }
-                    f.write_str(&p.message)?;
+                    // One line per problem, whatever a message quotes from the file.
+                    if p.message.contains(['\n', '\r']) {
+                        f.write_str(&p.message.replace('\n', "\\n").replace('\r', "\\r"))?;
+                    } else {
+                        f.write_str(&p.message)?;
+                    }
                 }
                 Ok(())
             }

@@ -672,6 +672,19 @@ host_header = "upstream"
     }
 
     #[test]
+    fn every_problem_is_one_line_whatever_the_file_quotes() {
+        // Found by the property tests: a pool named with a newline, listed in a route's
+        // "defined:" hint, split its problem over two lines.
+        let text = "[upstream]\n\"k\\nk\" = 1.5\n[[route]]";
+        let err = validate(text, Path::new("f.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string().lines().count(),
+            err.problems().len(),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn relative_paths_are_anchored_at_the_config_directory() {
         assert_eq!(base_dir(Path::new("sluice.toml")), Path::new("."));
         assert_eq!(

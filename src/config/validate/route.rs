@@ -63,6 +63,9 @@ impl Cx {
         let defined = if names.is_empty() {
             "no [upstream.NAME] is defined".to_owned()
         } else {
+            // Names as key paths write them: quoted when not bare, so a name holding a
+            // newline cannot break the one-line-per-problem output.
+            let names: Vec<String> = names.iter().map(|n| join_key("", n)).collect();
             format!("defined: {}", names.join(", "))
         };
         let upstream = match f.require(

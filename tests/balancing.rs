@@ -335,27 +335,6 @@ async fn request_already_sent_is_never_retried() {
 }
 
 /// A WebSocket backend that says its name as its first message.
-async fn named_ws_backend(name: &str) -> WsBackend {
-    ws_backend(WsBehaviour {
-        on_open: vec![Message::text(name)],
-        end_after: None,
-    })
-    .await
-}
-
-type Client =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens a tunnel through the proxy and returns it with the name of the backend it reached.
-async fn open_tunnel(proxy: SocketAddr) -> (Client, String) {
-    let (mut ws, _) = ws_connect(&format!("ws://{proxy}/"), &[])
-        .await
-        .expect("tunnel opens");
-    let hello = within(WAIT, ws.next()).await.expect("hello").expect("read");
-    let name = hello.into_text().expect("text").as_str().to_owned();
-    (ws, name)
-}
-
 #[tokio::test]
 async fn least_conn_sends_new_tunnels_to_the_server_with_fewest_open() {
     let a = named_ws_backend("a").await;

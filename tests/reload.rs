@@ -44,14 +44,6 @@ upstream = "ws"
     )
 }
 
-fn sighup(daemon: &Daemon) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -HUP failed");
-}
-
 fn rewrite(path: &Path, text: &str) {
     std::fs::write(path, text).expect("rewrite config");
 }
@@ -85,7 +77,7 @@ async fn sighup_swaps_routes_and_listeners_while_tunnels_carry_on() {
     assert_eq!(echoed.into_text().unwrap().as_str(), "before");
 
     rewrite(&path, &config(second, two.addr, ws.addr));
-    sighup(&daemon);
+    daemon.sighup();
     eventually(WAIT, "the new listener serves the new pool", || async {
         body_at(second).await.as_deref() == Some("two")
     })
@@ -128,7 +120,7 @@ async fn failed_reload_keeps_the_running_config() {
         &path,
         &config(listen, one.addr, ws.addr).replace("upstream = \"http\"", "upstream = \"nope\""),
     );
-    sighup(&daemon);
+    daemon.sighup();
     // Give the reload a moment to be refused, then the old config must still answer.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(http_get(listen, "h", "/").await.body_str(), "one");

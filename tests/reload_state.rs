@@ -13,11 +13,14 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use futures_util::StreamExt;
 use support::*;
-use tokio_tungstenite::tungstenite::Message;
 
 fn least_conn(servers: &[SocketAddr]) -> String {
+    least_conn_with(servers, "")
+}
+
+/// A least_conn pool of `servers`, with `extra` lines in its `[upstream.app]` table.
+fn least_conn_with(servers: &[SocketAddr], extra: &str) -> String {
     let list = servers
         .iter()
         .map(|s| format!("\"{s}\""))
@@ -31,31 +34,12 @@ addr = "127.0.0.1:0"
 [upstream.app]
 servers = [{list}]
 balance = "least_conn"
+{extra}
 
 [[route]]
 upstream = "app"
 "#
     )
-}
-
-type Client =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens a tunnel and returns it with the name its backend greeted it with.
-async fn open_tunnel(proxy: SocketAddr) -> (Client, String) {
-    let (mut ws, _) = ws_connect(&format!("ws://{proxy}/"), &[])
-        .await
-        .expect("tunnel opens");
-    let hello = within(WAIT, ws.next()).await.expect("hello").expect("read");
-    (ws, hello.into_text().expect("text").as_str().to_owned())
-}
-
-async fn named_ws_backend(name: &str) -> WsBackend {
-    ws_backend(WsBehaviour {
-        on_open: vec![Message::text(name)],
-        end_after: None,
-    })
-    .await
 }
 
 #[tokio::test]
@@ -171,28 +155,11 @@ async fn a_handshake_storm_spreads_under_least_conn() {
     let ca_file = write(&dir, "ca.pem", &ca.pem());
     let a = tls_backend(&ca.leaf(&["backend.internal"])).await;
     let b = tls_backend(&ca.leaf(&["backend.internal"])).await;
-    let pool = |servers: &[SocketAddr]| {
-        let list = servers
-            .iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            r#"
-[[listener]]
-addr = "127.0.0.1:0"
-
-[upstream.app]
-servers = [{list}]
-balance = "least_conn"
-tls = {{ ca = "{}", server_name = "backend.internal" }}
-
-[[route]]
-upstream = "app"
-"#,
-            ca_file.display()
-        )
-    };
+    let tls = format!(
+        r#"tls = {{ ca = "{}", server_name = "backend.internal" }}"#,
+        ca_file.display()
+    );
+    let pool = |servers: &[SocketAddr]| least_conn_with(servers, &tls);
     let first =
         sluice::config::Config::from_toml(&pool(&[b.addr]), Path::new("t.toml")).expect("valid");
     let server = sluice::server::Server::bind(first).await.expect("bind");

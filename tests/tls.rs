@@ -338,7 +338,7 @@ async fn certificates_renew_on_sighup_under_an_open_tunnel() {
     // Renew: new files, SIGHUP; new connections get the new certificate.
     let new = ca.leaf(&["app.example"]);
     new.write(&dir, "app");
-    sighup(&daemon);
+    daemon.sighup();
     eventually(
         WAIT,
         "new connections get the renewed certificate",
@@ -359,7 +359,7 @@ async fn certificates_renew_on_sighup_under_an_open_tunnel() {
 
     // A broken certificate on reload: logged, and the running config stays whole.
     write(&dir, "app.pem", "not a certificate\n");
-    sighup(&daemon);
+    daemon.sighup();
     let mut fresh = Vec::new();
     for _ in 0..3 {
         fresh.push(presented(&tls_connect(listen, &ca, "app.example").await));
@@ -377,14 +377,6 @@ async fn certificates_renew_on_sighup_under_an_open_tunnel() {
         exit.stderr.contains("reload failed") && exit.stderr.contains("app.pem"),
         "the broken certificate is logged with its file{exit}"
     );
-}
-
-fn sighup(daemon: &Daemon) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -HUP failed");
 }
 
 // ---------------------------------------------------------------------------------------

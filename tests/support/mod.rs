@@ -475,6 +475,30 @@ pub async fn ws_connect(
     within(WAIT, tokio_tungstenite::connect_async(req)).await
 }
 
+/// A WebSocket backend that greets every tunnel with `name`, then echoes.
+pub async fn named_ws_backend(name: &str) -> WsBackend {
+    ws_backend(WsBehaviour {
+        on_open: vec![Message::text(name)],
+        end_after: None,
+    })
+    .await
+}
+
+/// A WebSocket client over plain TCP.
+pub type WsClient =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Opens a tunnel through the proxy at `/` and returns it with the name its backend (a
+/// [`named_ws_backend`]) greeted it with.
+pub async fn open_tunnel(proxy: SocketAddr) -> (WsClient, String) {
+    let (mut ws, _) = ws_connect(&format!("ws://{proxy}/"), &[])
+        .await
+        .expect("tunnel opens");
+    let hello = within(WAIT, ws.next()).await.expect("hello").expect("read");
+    let name = hello.into_text().expect("text").as_str().to_owned();
+    (ws, name)
+}
+
 /// The `Sec-WebSocket-Accept` that answers `key` (RFC 6455 §4.2.2).
 pub fn accept_for(key: &str) -> String {
     tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
@@ -1032,6 +1056,15 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id().expect("daemon already reaped")
+    }
+
+    /// Sends SIGHUP with `kill -HUP PID`: reload.
+    pub fn sighup(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
     }
 
     /// Sends SIGTERM with `kill -TERM PID`.

@@ -7,12 +7,13 @@ use plotters::prelude::*;
 
 use crate::proxy::Kind;
 use crate::report::{number, Report};
-use crate::scenario::Metric;
+use crate::scenario::{Group, Metric};
 use crate::Result;
 
 const WIDTH: u32 = 1600;
-const HEIGHT: u32 = 1040;
 const HEADER: u32 = 110;
+/// Height of one row of panels (three rows make the plain report's 1040 pixels).
+const ROW: u32 = 310;
 const COLUMNS: usize = 4;
 
 fn color(kind: Kind) -> RGBColor {
@@ -28,16 +29,19 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
 }
 
 fn draw_inner(report: &Report, path: &Path) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    let metrics = report.metrics();
+    // One panel per metric and one for the legend.
+    let rows = (metrics.len() + 1).div_ceil(COLUMNS);
+    let height = HEADER + ROW * rows as u32;
+    let root = SVGBackend::new(path, (WIDTH, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let (header, body) = root.split_vertically(HEADER);
     header_text(report, &header)?;
-    let rows = Metric::ALL.len().div_ceil(COLUMNS);
     let panels = body.split_evenly((rows, COLUMNS));
-    for (panel, metric) in panels.iter().zip(Metric::ALL) {
+    for (panel, &metric) in panels.iter().zip(&metrics) {
         draw_panel(report, panel, metric)?;
     }
-    if let Some(panel) = panels.get(Metric::ALL.len()) {
+    if let Some(panel) = panels.get(metrics.len()) {
         legend(report, panel)?;
     }
     root.present()?;
@@ -69,9 +73,13 @@ where
             layout.proxy_cpus()
         )
     };
+    let what = match report.group {
+        Group::Plain => "",
+        Group::Tls => ", terminating TLS",
+    };
     area.draw_text(
         &format!(
-            "sluice, nginx and HAProxy side by side, {placement} ({})",
+            "sluice, nginx and HAProxy side by side{what}, {placement} ({})",
             report.machine.date
         ),
         &title.into_text_style(area),
@@ -123,7 +131,7 @@ where
     };
     let mut chart = ChartBuilder::on(area)
         .caption(
-            format!("{} ({direction})", metric.label()),
+            format!("{} ({direction})", report.label(metric)),
             ("sans-serif", 13),
         )
         .margin(8)

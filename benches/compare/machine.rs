@@ -3,6 +3,7 @@
 use std::fs;
 use std::process::Command;
 
+#[derive(Clone)]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,

@@ -6,7 +6,8 @@
 //! (`benches/results/workers-N/`). With a subcommand it is one of the orchestrator's
 //! children, pinned to core 1 (or the cores left over, or all of them when the proxy has
 //! every core): the echo backends (`backend`) or a load generator (`load-echo`,
-//! `load-latency`, `load-storm`, `load-idle`). Method and limits: `benches/README.md`.
+//! `load-latency`, `load-storm`, `load-idle`, `load-tls`). Method and limits:
+//! `benches/README.md`.
 
 mod backend;
 mod chart;
@@ -19,6 +20,7 @@ mod procfs;
 mod proxy;
 mod report;
 mod scenario;
+mod tls;
 mod wrk;
 
 use std::process::ExitCode;
@@ -41,11 +43,14 @@ struct Cli {
     /// Only these proxies (comma-separated: sluice,nginx,haproxy).
     #[arg(long, value_delimiter = ',')]
     only: Vec<proxy::Kind>,
-    /// Only these scenarios (comma-separated: http,echo64,echo4k,latency,storm,idle).
+    /// Only these scenarios (comma-separated), or groups of them: `plain` (http, echo64,
+    /// echo4k, latency, storm, idle) and `tls` (tls-full, tls-resumed, wss64, wss-idle).
+    /// Default: all of them.
     #[arg(long, value_delimiter = ',')]
-    scenarios: Vec<scenario::Scenario>,
+    scenarios: Vec<Pick>,
     /// Where to write latest.md, latest.csv and latest.svg (default: benches/results, or
-    /// benches/results/workers-N with --workers N above 1).
+    /// benches/results/workers-N with --workers N above 1); the TLS scenarios' report goes
+    /// to its `tls/` subdirectory.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
     /// Workers per proxy (nginx processes, HAProxy threads, tokio workers), each proxy
@@ -60,6 +65,45 @@ struct Cli {
     role: Option<Role>,
 }
 
+/// A scenario, or a group of them, on the command line.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Pick {
+    Http,
+    Echo64,
+    Echo4k,
+    Latency,
+    Storm,
+    Idle,
+    TlsFull,
+    TlsResumed,
+    Wss64,
+    WssIdle,
+    /// Every plain scenario.
+    Plain,
+    /// Every TLS scenario.
+    Tls,
+}
+
+impl Pick {
+    fn covers(self, s: scenario::Scenario) -> bool {
+        use scenario::{Group, Scenario};
+        match self {
+            Pick::Http => s == Scenario::Http,
+            Pick::Echo64 => s == Scenario::Echo64,
+            Pick::Echo4k => s == Scenario::Echo4k,
+            Pick::Latency => s == Scenario::Latency,
+            Pick::Storm => s == Scenario::Storm,
+            Pick::Idle => s == Scenario::Idle,
+            Pick::TlsFull => s == Scenario::TlsFull,
+            Pick::TlsResumed => s == Scenario::TlsResumed,
+            Pick::Wss64 => s == Scenario::Wss64,
+            Pick::WssIdle => s == Scenario::WssIdle,
+            Pick::Plain => s.group() == Group::Plain,
+            Pick::Tls => s.group() == Group::Tls,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Role {
     /// HTTP and WebSocket echo backends (a child of the orchestrator).
@@ -72,6 +116,8 @@ enum Role {
     LoadStorm(load::storm::Args),
     /// Opens idle tunnels and holds them until told to stop.
     LoadIdle(load::idle::Args),
+    /// TLS handshakes, full or resumed, one request each: connections/s.
+    LoadTls(load::tls::Args),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +128,7 @@ fn main() -> ExitCode {
         Some(Role::LoadLatency(args)) => load::latency::run(args),
         Some(Role::LoadStorm(args)) => load::storm::run(args),
         Some(Role::LoadIdle(args)) => load::idle::run(args),
+        Some(Role::LoadTls(args)) => load::tls::run(args),
         None if !cli.bench => {
             println!("compare: run it with `cargo bench --bench compare` (add `-- --quick` for a smoke run)");
             Ok(())
@@ -90,7 +137,10 @@ fn main() -> ExitCode {
             cli.quick,
             cli.rounds,
             cli.only,
-            cli.scenarios,
+            scenario::Scenario::ALL
+                .into_iter()
+                .filter(|&s| cli.scenarios.is_empty() || cli.scenarios.iter().any(|p| p.covers(s)))
+                .collect(),
             cli.sluice,
             cli.out,
             cli.workers,

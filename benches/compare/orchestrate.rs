@@ -1,6 +1,7 @@
-//! The run: set up (fd limit, tools, backends), then the interleaved rounds (each round
-//! measures direct latency once, then every proxy through every scenario, each scenario on
-//! a freshly started proxy), then the report and the chart.
+//! The run: set up (fd limit, tools, backends, the test certificate), then the interleaved
+//! rounds (each round measures direct latency once when the latency scenario runs, then
+//! every proxy through every scenario, each scenario on a freshly started proxy), then a
+//! report and a chart per group of scenarios: plain in `results/`, TLS in `results/tls/`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -11,8 +12,8 @@ use crate::install::{self, HAPROXY, NGINX, WRK};
 use crate::machine::Machine;
 use crate::proxy::{Kind, Ports, Setup};
 use crate::report::{Report, Sample};
-use crate::scenario::{self, Measured, Metric, Params, Scenario, Target};
-use crate::{chart, procfs, Result};
+use crate::scenario::{self, Group, Measured, Metric, Params, Scenario, Target};
+use crate::{chart, procfs, tls, Result};
 
 /// Descriptors kept for everything but the tunnels' sockets (listeners, logs, pipes).
 const FD_SLACK: u64 = 512;
@@ -25,7 +26,7 @@ pub struct Plan {
     /// The sluice binary: Cargo's release build unless `--sluice` names another.
     pub sluice: PathBuf,
     /// `benches/results` with one worker, `benches/results/workers-N` with N, unless
-    /// `--out` names another directory.
+    /// `--out` names another directory. The TLS group's report goes to `tls/` in it.
     pub out: PathBuf,
     pub params: Params,
 }
@@ -56,6 +57,8 @@ impl Plan {
                 storm_total: 2000,
                 storm_inflight: 50,
                 idle_tunnels: 2000,
+                tls_handshakes: 1000,
+                tls_inflight: 50,
             }
         } else {
             Params {
@@ -69,6 +72,8 @@ impl Plan {
                 storm_total: 10_000,
                 storm_inflight: 50,
                 idle_tunnels: 10_000,
+                tls_handshakes: 10_000,
+                tls_inflight: 50,
             }
         };
         let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
@@ -85,14 +90,7 @@ impl Plan {
             } else {
                 only
             },
-            scenarios: if scenarios.is_empty() {
-                Scenario::ALL.to_vec()
-            } else {
-                Scenario::ALL
-                    .into_iter()
-                    .filter(|s| scenarios.contains(s))
-                    .collect()
-            },
+            scenarios,
             sluice: sluice.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sluice"))),
             out: out.unwrap_or(default_out),
             params,
@@ -102,7 +100,8 @@ impl Plan {
 
 pub fn run(plan: &Plan) -> Result<()> {
     let started = Instant::now();
-    let mut plan_notes = Vec::new();
+    let mut plan_notes: Vec<Note> = Vec::new();
+    let mut infos: Vec<Note> = Vec::new();
     let mut params = plan.params.clone();
 
     // Every idle tunnel costs the proxy two descriptors, and the limit cannot always be
@@ -116,7 +115,10 @@ pub fn run(plan: &Plan) -> Result<()> {
             params.idle_tunnels
         );
         println!("{note}");
-        plan_notes.push(note);
+        plan_notes.push(Note {
+            group: None,
+            text: note,
+        });
         params.idle_tunnels = fit.max(1);
     }
 
@@ -124,7 +126,9 @@ pub fn run(plan: &Plan) -> Result<()> {
     let tools = install::ensure(&[NGINX, HAPROXY, WRK]);
     let (nginx, haproxy, wrk) = (tools[0].clone(), tools[1].clone(), tools[2].clone());
     if wrk.is_none() {
-        plan_notes.push("wrk missing: the plain HTTP scenario was skipped".into());
+        plan_notes.push(Note::plain(
+            "wrk missing: the plain HTTP scenario was skipped".into(),
+        ));
     }
     let mut versions = vec![("sluice".to_owned(), install::version(&sluice, "--version"))];
     for (name, path, flag) in [
@@ -145,7 +149,10 @@ pub fn run(plan: &Plan) -> Result<()> {
         };
         match program {
             Some(p) => proxies.push((kind, p)),
-            None => plan_notes.push(format!("{} missing: skipped", kind.name())),
+            None => plan_notes.push(Note {
+                group: None,
+                text: format!("{} missing: skipped", kind.name()),
+            }),
         }
     }
     let machine = Machine::probe();
@@ -156,6 +163,11 @@ pub fn run(plan: &Plan) -> Result<()> {
 
     let ports = free_ports()?;
     let scratch = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    let tls_files = if plan.scenarios.iter().any(|s| s.group() == Group::Tls) {
+        Some(tls::generate(&scratch.join("tls"))?)
+    } else {
+        None
+    };
     let mut backend_cmd = child::self_role(params.layout, "backend")?;
     backend_cmd
         .args(["--http-port", &ports.http_backend.to_string()])
@@ -170,27 +182,35 @@ pub fn run(plan: &Plan) -> Result<()> {
     let mut notes = plan_notes;
     for round in 1..=plan.rounds {
         println!("round {round}/{}", plan.rounds);
-        let base = scenario::run(
-            Scenario::Latency,
-            &Target {
-                addr: &direct_addr,
-                pids: &[],
-            },
-            &params,
-            None,
-        );
-        let base = match base {
-            Ok(m) => (value(&m, Metric::P50Added), value(&m, Metric::P99Added)),
-            Err(e) => {
-                notes.push(format!("round {round}: direct latency failed: {e}"));
-                (f64::NAN, f64::NAN)
-            }
+        let base = if plan.scenarios.contains(&Scenario::Latency) {
+            let base = scenario::run(
+                Scenario::Latency,
+                &Target {
+                    addr: &direct_addr,
+                    pids: &[],
+                    tls_ca: None,
+                },
+                &params,
+                None,
+            );
+            let base = match base {
+                Ok(m) => (value(&m, Metric::P50Added), value(&m, Metric::P99Added)),
+                Err(e) => {
+                    notes.push(Note::plain(format!(
+                        "round {round}: direct latency failed: {e}"
+                    )));
+                    (f64::NAN, f64::NAN)
+                }
+            };
+            println!(
+                "  direct to the backend: p50 {:.1} µs, p99 {:.1} µs",
+                base.0, base.1
+            );
+            direct.push(base);
+            base
+        } else {
+            (f64::NAN, f64::NAN)
         };
-        println!(
-            "  direct to the backend: p50 {:.1} µs, p99 {:.1} µs",
-            base.0, base.1
-        );
-        direct.push(base);
         for (index, (kind, program)) in proxies.iter().enumerate() {
             let setup = Setup {
                 kind: *kind,
@@ -203,22 +223,34 @@ pub fn run(plan: &Plan) -> Result<()> {
                 max_conns: params.idle_tunnels as u64 + 64,
                 nofile,
                 dir: &scratch.join(kind.name()),
+                tls: tls_files.as_ref(),
             };
             for &scen in &plan.scenarios {
                 if matches!(scen, Scenario::Http) && wrk.is_none() {
                     continue;
                 }
                 let label = format!("round {round} · {} · {}", kind.name(), scen.name());
+                let group = Some(scen.group());
                 match measure(&setup, scen, &params, wrk.as_deref()) {
                     Ok(mut m) => {
                         subtract_direct(&mut m, base);
                         print_line(&label, &m);
                         if m.errors > 0 {
-                            notes.push(format!(
-                                "{label}: {} errors ({})",
-                                m.errors,
-                                m.note.as_deref().unwrap_or("-")
-                            ));
+                            notes.push(Note {
+                                group,
+                                text: format!(
+                                    "{label}: {} errors ({})",
+                                    m.errors,
+                                    m.note.as_deref().unwrap_or("-")
+                                ),
+                            });
+                        }
+                        if let Some(info) = &m.info {
+                            println!("    {info}");
+                            let text = format!("{} · {}: {info}", kind.name(), scen.name());
+                            if !infos.iter().any(|n: &Note| n.text == text) {
+                                infos.push(Note { group, text });
+                            }
                         }
                         samples.extend(m.values.iter().map(|&(metric, value)| Sample {
                             round,
@@ -229,7 +261,10 @@ pub fn run(plan: &Plan) -> Result<()> {
                     }
                     Err(e) => {
                         println!("  {label}: FAILED: {e}");
-                        notes.push(format!("{label}: failed: {e}"));
+                        notes.push(Note {
+                            group,
+                            text: format!("{label}: failed: {e}"),
+                        });
                     }
                 }
             }
@@ -244,19 +279,63 @@ pub fn run(plan: &Plan) -> Result<()> {
         println!("configs and proxy logs kept in {}", scratch.display());
     }
 
-    let report = Report {
-        machine,
-        versions,
-        kinds: proxies.iter().map(|(k, _)| *k).collect(),
-        samples,
-        direct,
-        notes,
-        rounds: plan.rounds,
-        quick: plan.quick,
-        params,
-        elapsed: started.elapsed(),
-    };
-    let dir = &plan.out;
+    notes.extend(infos);
+    let elapsed = started.elapsed();
+    let kinds: Vec<Kind> = proxies.iter().map(|(k, _)| *k).collect();
+    for (group, dir) in [
+        (Group::Plain, plan.out.clone()),
+        (Group::Tls, plan.out.join("tls")),
+    ] {
+        if !plan.scenarios.iter().any(|s| s.group() == group) {
+            continue;
+        }
+        let report = Report {
+            group,
+            machine: machine.clone(),
+            versions: versions.clone(),
+            kinds: kinds.clone(),
+            samples: samples
+                .iter()
+                .filter(|s| Report::shows(group, s.metric))
+                .cloned()
+                .collect(),
+            direct: if group == Group::Plain {
+                direct.clone()
+            } else {
+                Vec::new()
+            },
+            notes: notes
+                .iter()
+                .filter(|n| n.group.map_or(true, |g| g == group))
+                .map(|n| n.text.clone())
+                .collect(),
+            rounds: plan.rounds,
+            quick: plan.quick,
+            params: params.clone(),
+            elapsed,
+        };
+        write_report(&report, &dir)?;
+    }
+    Ok(())
+}
+
+/// A line for the notes, and the report it belongs in (`None`: every report).
+struct Note {
+    group: Option<Group>,
+    text: String,
+}
+
+impl Note {
+    fn plain(text: String) -> Note {
+        Note {
+            group: Some(Group::Plain),
+            text,
+        }
+    }
+}
+
+/// `latest.md`, `latest.csv` and `latest.svg` in `dir`; the Markdown is printed too.
+fn write_report(report: &Report, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let markdown = report.markdown();
     let md_path = dir.join("latest.md");
@@ -264,7 +343,7 @@ pub fn run(plan: &Plan) -> Result<()> {
     let csv_path = dir.join("latest.csv");
     std::fs::write(&csv_path, report.csv()).map_err(|e| format!("{}: {e}", csv_path.display()))?;
     let svg_path = dir.join("latest.svg");
-    chart::draw(&report, &svg_path)?;
+    chart::draw(report, &svg_path)?;
     println!("\n{markdown}");
     println!(
         "written: {}, {}, {}",
@@ -275,12 +354,19 @@ pub fn run(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Starts a fresh proxy, runs one scenario through it, stops it.
+/// Starts a fresh proxy (terminating TLS for the TLS scenarios), runs one scenario through
+/// it, stops it.
 fn measure(setup: &Setup, scen: Scenario, params: &Params, wrk: Option<&Path>) -> Result<Measured> {
-    let proxy = setup.start()?;
+    let tls = scen.group() == Group::Tls;
+    let proxy = setup.start(tls)?;
     let target = Target {
         addr: &proxy.addr,
         pids: proxy.pids(),
+        tls_ca: if tls {
+            setup.tls.map(|f| f.ca.as_path())
+        } else {
+            None
+        },
     };
     let result = scenario::run(scen, &target, params, wrk);
     proxy.stop();

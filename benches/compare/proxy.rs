@@ -1,6 +1,6 @@
-//! The three proxies: their configs (templates in `configs/`), how each is started pinned
-//! to the proxy cores with as many workers as cores, which PIDs make it up, and how it is
-//! stopped.
+//! The three proxies: their configs (templates in `configs/`, terminating TLS or not), how
+//! each is started pinned to the proxy cores with as many workers as cores, which PIDs
+//! make it up, and how it is stopped.
 
 use std::fs;
 use std::net::TcpStream;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::child::{pinned, Layout};
 use crate::procfs;
+use crate::tls::Files;
 use crate::Result;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -38,6 +39,41 @@ impl Kind {
             Kind::Haproxy => ("haproxy.cfg", include_str!("configs/haproxy.cfg")),
         }
     }
+
+    /// What makes the listener terminate TLS with `files`: the text for `{ssl}` (after the
+    /// listen address) and for the `{tls}` line (indented settings).
+    fn tls_settings(self, files: &Files) -> (String, String) {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        match self {
+            Kind::Sluice => (
+                String::new(),
+                format!(
+                    "tls = {{ cert = \"{}\", key = \"{}\" }}",
+                    path(&files.cert),
+                    path(&files.key)
+                ),
+            ),
+            Kind::Nginx => (
+                " ssl".into(),
+                [
+                    format!("ssl_certificate {};", path(&files.cert)),
+                    format!("ssl_certificate_key {};", path(&files.key)),
+                    "ssl_protocols TLSv1.2 TLSv1.3;".into(),
+                    "ssl_session_cache shared:SSL:10m;".into(),
+                    "ssl_session_tickets on;".into(),
+                ]
+                .map(|l| format!("        {l}"))
+                .join("\n"),
+            ),
+            Kind::Haproxy => (
+                format!(
+                    " ssl crt {} ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3 alpn http/1.1",
+                    path(&files.combined)
+                ),
+                String::new(),
+            ),
+        }
+    }
 }
 
 /// Where everything listens.
@@ -63,6 +99,8 @@ pub struct Setup<'a> {
     pub nofile: u64,
     /// A scratch directory for config, logs, pid and temp files.
     pub dir: &'a Path,
+    /// The certificate and key for the TLS scenarios.
+    pub tls: Option<&'a Files>,
 }
 
 /// A running proxy.
@@ -75,10 +113,30 @@ pub struct Proxy {
 }
 
 impl Setup<'_> {
-    /// The config file for this proxy, written into the scratch directory.
-    pub fn write_config(&self) -> Result<PathBuf> {
+    /// The config file for this proxy, written into the scratch directory; with `tls`, its
+    /// listener terminates TLS.
+    pub fn write_config(&self, tls: bool) -> Result<PathBuf> {
         let (name, template) = self.kind.template();
+        let (ssl, settings) = match (tls, self.tls) {
+            (false, _) => (String::new(), None),
+            (true, Some(files)) => {
+                let (ssl, settings) = self.kind.tls_settings(files);
+                (ssl, Some(settings))
+            }
+            (true, None) => return Err("TLS scenario without a test certificate".into()),
+        };
+        // The `{tls}` line: the settings, or gone (a plain config is as it always was).
+        let template: String = template
+            .lines()
+            .filter_map(|line| match (&settings, line.trim() == "{tls}") {
+                (None, true) => None,
+                (Some(s), true) if s.is_empty() => None,
+                (Some(s), true) => Some(format!("{s}\n")),
+                (_, false) => Some(format!("{line}\n")),
+            })
+            .collect();
         let text = template
+            .replace("{ssl}", &ssl)
             .replace("{listen}", &self.ports.proxy.to_string())
             .replace("{http}", &self.ports.http_backend.to_string())
             .replace("{ws}", &self.ports.ws_backend.to_string())
@@ -92,10 +150,11 @@ impl Setup<'_> {
         Ok(path)
     }
 
-    /// Starts the proxy on the proxy cores and waits until it accepts connections.
-    pub fn start(&self) -> Result<Proxy> {
+    /// Starts the proxy on the proxy cores (its listener terminating TLS with `tls`) and
+    /// waits until it accepts connections.
+    pub fn start(&self, tls: bool) -> Result<Proxy> {
         fs::create_dir_all(self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        let config = self.write_config()?;
+        let config = self.write_config(tls)?;
         let program = self.program.to_string_lossy();
         let mut cmd = pinned(&self.layout.proxy_cpus(), &program);
         match self.kind {

@@ -1,13 +1,15 @@
-//! The numbers of a run, summarised: medians, min–max, ratios; as Markdown and as CSV.
+//! The numbers of one group of scenarios (plain or TLS) of a run, summarised: medians,
+//! min–max, ratios; as Markdown and as CSV.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::machine::Machine;
 use crate::proxy::Kind;
-use crate::scenario::{Metric, Params};
+use crate::scenario::{Group, Metric, Params};
 
 /// One measured value: one metric, one proxy, one round.
+#[derive(Clone)]
 pub struct Sample {
     pub round: usize,
     pub proxy: Kind,
@@ -16,6 +18,8 @@ pub struct Sample {
 }
 
 pub struct Report {
+    /// Which scenarios this report is about.
+    pub group: Group,
     pub machine: Machine,
     pub versions: Vec<(String, String)>,
     pub kinds: Vec<Kind>,
@@ -58,7 +62,50 @@ impl Summary {
     }
 }
 
+/// The plain figures the TLS report shows beside its own, when the same run measured them.
+const PLAIN_BESIDE_TLS: [(Metric, Metric); 2] = [
+    (Metric::Wss64Cpu, Metric::Echo64Cpu),
+    (Metric::WssIdleKib, Metric::IdleKib),
+];
+
 impl Report {
+    /// Whether a report of `group` shows `metric`: its own metrics, and in the TLS report
+    /// the plain counterparts of its CPU per message and memory per tunnel.
+    pub fn shows(group: Group, metric: Metric) -> bool {
+        metric.group() == group
+            || (group == Group::Tls && PLAIN_BESIDE_TLS.iter().any(|(_, p)| *p == metric))
+    }
+
+    /// The rows of this report: its metrics that have samples, in order, each plain
+    /// counterpart right after its TLS metric.
+    pub fn metrics(&self) -> Vec<Metric> {
+        let mut order = Vec::new();
+        for metric in Metric::ALL.into_iter().filter(|m| m.group() == self.group) {
+            order.push(metric);
+            if self.group == Group::Tls {
+                order.extend(
+                    PLAIN_BESIDE_TLS
+                        .iter()
+                        .filter(|(t, _)| *t == metric)
+                        .map(|(_, p)| *p),
+                );
+            }
+        }
+        order
+            .into_iter()
+            .filter(|&m| self.samples.iter().any(|s| s.metric == m))
+            .collect()
+    }
+
+    /// A row's name; a plain metric in the TLS report says so.
+    pub fn label(&self, metric: Metric) -> String {
+        if self.group == Group::Tls && metric.group() == Group::Plain {
+            format!("plain, same run: {}", metric.label())
+        } else {
+            metric.label().to_owned()
+        }
+    }
+
     pub fn values(&self, kind: Kind, metric: Metric) -> Vec<f64> {
         self.samples
             .iter()
@@ -87,6 +134,21 @@ impl Report {
 
     pub fn plan_line(&self) -> String {
         let p = &self.params;
+        if self.group == Group::Tls {
+            return format!(
+                "{} round(s){}; TLS 1.3 (the client offers nothing else), ECDSA P-256 certificate; \
+                 full and resumed handshakes: {} connections each, {} in flight, one GET each; \
+                 wss echo {} s × {} conns; {} idle wss tunnels; run took {:.0} s",
+                self.rounds,
+                if self.quick { " (--quick)" } else { "" },
+                p.tls_handshakes,
+                p.tls_inflight,
+                p.echo_secs,
+                p.echo_conns,
+                p.idle_tunnels,
+                self.elapsed.as_secs_f64()
+            );
+        }
         format!(
             "{} round(s){}; HTTP {} s × {} conns (wrk); WS echo {} s × {} conns; latency {} s at {} msg/s; \
              storm {} handshakes, {} in flight; {} idle tunnels; run took {:.0} s",
@@ -133,11 +195,11 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut md = String::new();
-        let _ = writeln!(
-            md,
-            "# sluice, nginx and HAProxy side by side: {}\n",
-            self.machine.date
-        );
+        let title = match self.group {
+            Group::Plain => "sluice, nginx and HAProxy side by side",
+            Group::Tls => "sluice, nginx and HAProxy side by side, terminating TLS",
+        };
+        let _ = writeln!(md, "# {title}: {}\n", self.machine.date);
         let _ = writeln!(md, "- Machine: {}", self.machine.describe());
         let _ = writeln!(md, "- Versions: {}", self.versions_line());
         let _ = writeln!(md, "- Plan: {}", self.plan_line());
@@ -168,8 +230,8 @@ impl Report {
             }
         }
         let _ = writeln!(md, "{head}\n{rule}");
-        for metric in Metric::ALL {
-            let mut row = format!("| {} |", metric.label());
+        for metric in self.metrics() {
+            let mut row = format!("| {} |", self.label(metric));
             for &k in &self.kinds {
                 match self.summary(k, metric) {
                     Some(s) => {
@@ -210,6 +272,7 @@ impl Report {
             "\nLower is better for CPU, latency and memory; higher for rates. A ratio below 1× \
              means sluice uses less (or, for rates, achieves less) than the other proxy."
         );
+        self.tls_over_plain(&mut md);
         self.every_round(&mut md);
         if !self.notes.is_empty() {
             let _ = writeln!(md, "\n## Notes\n");
@@ -232,6 +295,37 @@ impl Report {
         }
     }
 
+    /// TLS report: what terminating TLS adds, per proxy, against the plain figures of the
+    /// same run (medians).
+    fn tls_over_plain(&self, md: &mut String) {
+        if self.group != Group::Tls {
+            return;
+        }
+        let mut rows = String::new();
+        for k in &self.kinds {
+            let pair = |(t, p): (Metric, Metric)| {
+                self.summary(*k, t)
+                    .zip(self.summary(*k, p))
+                    .map(|(t, p)| (t.median, p.median))
+            };
+            let cpu = pair(PLAIN_BESIDE_TLS[0]).map_or("–".into(), |(t, p)| {
+                format!("{} → {} ({:.2}×)", number(p), number(t), t / p)
+            });
+            let kib = pair(PLAIN_BESIDE_TLS[1]).map_or("–".into(), |(t, p)| {
+                format!("{} → {} (+{})", number(p), number(t), number(t - p))
+            });
+            let _ = writeln!(rows, "| {} | {cpu} | {kib} |", k.name());
+        }
+        if rows.lines().all(|r| r.ends_with("| – | – |")) {
+            return;
+        }
+        let _ = write!(
+            md,
+            "\n## TLS over plain, same run\n\n| proxy | CPU µs per 64 B message: ws → wss | \
+             RSS KiB per idle tunnel: ws → wss |\n|---|---:|---:|\n{rows}"
+        );
+    }
+
     fn every_round(&self, md: &mut String) {
         let _ = writeln!(md, "\n## Every round\n");
         let mut head = "| metric | proxy |".to_owned();
@@ -241,7 +335,7 @@ impl Report {
             rule.push_str("---:|");
         }
         let _ = writeln!(md, "{head}\n{rule}");
-        for metric in Metric::ALL {
+        for metric in self.metrics() {
             for &k in &self.kinds {
                 let mut row = format!("| {} | {} |", metric.key(), k.name());
                 for r in 1..=self.rounds {

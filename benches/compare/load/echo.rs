@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{echo, first_error, open_many, runtime};
+use super::{echo, first_error, open_many, runtime, DialArgs, Dialer};
 use crate::child::{ready_then_wait_for_go, report};
 use crate::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    addr: String,
+    #[command(flatten)]
+    dial: DialArgs,
     #[arg(long, default_value_t = 50)]
     conns: usize,
     #[arg(long, default_value_t = 64)]
@@ -22,8 +22,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let dialer = Dialer::new(&args.dial)?;
     runtime()?.block_on(async move {
-        let (conns, failed) = open_many(&args.addr, args.conns, args.conns).await;
+        let (conns, failed) = open_many(&dialer, args.conns, args.conns).await;
         if conns.len() < args.conns {
             return Err(format!(
                 "opened {} of {} connections: {}",

@@ -7,14 +7,14 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::{echo, first_error, open_many, runtime};
+use super::{echo, first_error, open_many, runtime, DialArgs, Dialer};
 use crate::child::{ready_then_wait_for_go, report};
 use crate::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    addr: String,
+    #[command(flatten)]
+    dial: DialArgs,
     #[arg(long, default_value_t = 10_000)]
     count: usize,
     #[arg(long, default_value_t = 100)]
@@ -25,10 +25,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let dialer = Dialer::new(&args.dial)?;
     runtime()?.block_on(async move {
         ready_then_wait_for_go(&format!("count={}", args.count))?;
         let start = Instant::now();
-        let (mut open, mut failed) = open_many(&args.addr, args.count, args.parallel).await;
+        let (mut open, mut failed) = open_many(&dialer, args.count, args.parallel).await;
         let payload = [0x5a; 16];
         let mut kept = Vec::with_capacity(open.len());
         for mut ws in open.drain(..) {

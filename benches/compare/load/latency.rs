@@ -13,14 +13,14 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{first_error, open_many, runtime, STEP_TIMEOUT};
+use super::{first_error, open_many, runtime, DialArgs, Dialer, STEP_TIMEOUT};
 use crate::child::{ready_then_wait_for_go, report};
 use crate::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    addr: String,
+    #[command(flatten)]
+    dial: DialArgs,
     #[arg(long, default_value_t = 10)]
     conns: usize,
     /// Messages per second, all connections together.
@@ -35,8 +35,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let dialer = Dialer::new(&args.dial)?;
     runtime()?.block_on(async move {
-        let (conns, failed) = open_many(&args.addr, args.conns, args.conns).await;
+        let (conns, failed) = open_many(&dialer, args.conns, args.conns).await;
         if conns.len() < args.conns || args.conns == 0 || args.rate == 0 {
             return Err(format!(
                 "opened {} of {} connections: {}",

@@ -8,14 +8,14 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 
-use super::{connect, echo, first_error, runtime, STEP_TIMEOUT};
+use super::{connect, echo, first_error, runtime, DialArgs, Dialer, STEP_TIMEOUT};
 use crate::child::{ready_then_wait_for_go, report};
 use crate::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    addr: String,
+    #[command(flatten)]
+    dial: DialArgs,
     #[arg(long, default_value_t = 10_000)]
     total: usize,
     #[arg(long, default_value_t = 50)]
@@ -28,6 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let dialer = Dialer::new(&args.dial)?;
     runtime()?.block_on(async move {
         ready_then_wait_for_go(&format!("total={}", args.total))?;
         let next = Arc::new(AtomicUsize::new(0));
@@ -36,12 +37,12 @@ pub fn run(args: Args) -> Result<()> {
         let payload: Arc<[u8]> = vec![0x5a; args.size].into();
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..args.inflight {
-            let (next, addr, payload) = (next.clone(), args.addr.clone(), payload.clone());
+            let (next, dialer, payload) = (next.clone(), dialer.clone(), payload.clone());
             let total = args.total;
             set.spawn(async move {
                 let (mut ok, mut errors) = (0u64, Vec::new());
                 while next.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
-                    match one(&addr, &payload).await {
+                    match one(&dialer, &payload).await {
                         Ok(()) => ok += 1,
                         Err(e) => errors.push(e),
                     }
@@ -71,8 +72,8 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// One connection's life: handshake, echo, close handshake, wait for the server's close.
-async fn one(addr: &str, payload: &[u8]) -> Result<()> {
-    let mut ws = connect(addr).await?;
+async fn one(dialer: &Dialer, payload: &[u8]) -> Result<()> {
+    let mut ws = connect(dialer).await?;
     echo(&mut ws, payload).await?;
     ws.send(tokio_tungstenite::tungstenite::Message::Close(None))
         .await

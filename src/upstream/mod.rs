@@ -4,7 +4,9 @@
 //! A [`Pool`] is immutable once built (at start, and later on reload); the only mutable parts
 //! are each server's [`state::ServerState`] (health, open counts, idle connections), which
 //! outlives the snapshot, so the request path reads a snapshot plus atomics and never
-//! waits on a pool-wide lock.
+//! waits on a pool-wide lock. A [`PoolHandle`] holds a pool's current snapshot; reloads
+//! and [`resolve`] (host names resolved again every `resolve_interval`) replace it whole,
+//! and [`state::Registry`] hands each new snapshot the state of every server it keeps.
 
 pub mod balance;
 pub mod check;

@@ -27,7 +27,7 @@ pub fn is_exhaustion(err: &io::Error) -> bool {
 /// Shortest gap between two "out of descriptors" log lines.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
-/// Logs a shortage, at most once per [`LOG_EVERY`] for the whole process.
+/// Logs a shortage, at most once a second for the whole process.
 pub fn report_exhaustion(during: &'static str, err: &io::Error) {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     static LAST_MS: AtomicU64 = AtomicU64::new(0);

@@ -343,3 +343,33 @@ upstream = "app"
     );
     let _ = std::fs::remove_file(&socket_path);
 }
+
+#[tokio::test]
+async fn a_reload_while_the_resolver_fails_keeps_the_last_addresses() {
+    init_tracing();
+    let dns = DnsServer::start().await;
+    let (http_port, ws_port) = (shared_port().await, shared_port().await);
+    http_at(A, http_port, "a").await;
+    dns.set("app.test", &[A]);
+    dns.set("ws.test", &[A]);
+    let text = config(dns.addr, http_port, ws_port);
+    let config =
+        sluice::config::Config::from_toml(&text, std::path::Path::new("t.toml")).expect("valid");
+    let server = sluice::server::Server::bind(config.clone())
+        .await
+        .expect("bind");
+    let addr = server.local_addrs()[0];
+    let running = server.start();
+    assert_eq!(http_get(addr, "h", "/").await.body_str(), "a");
+
+    dns.fail(true);
+    running.reload(config).await.expect("reload");
+    for _ in 0..3 {
+        assert_eq!(
+            http_get(addr, "h", "/").await.body_str(),
+            "a",
+            "the reload kept the address its lookup could not confirm"
+        );
+    }
+    running.drain().await;
+}

@@ -42,6 +42,8 @@ use websocket::{BadSwitch, Upgrade};
 pub struct Runtime {
     pub router: Router,
     pub trusted_proxies: Vec<IpNet>,
+    /// Every pool by name, for the next reload to take over their last known addresses.
+    pools: std::collections::BTreeMap<String, Arc<PoolHandle>>,
 }
 
 impl Runtime {
@@ -49,16 +51,20 @@ impl Runtime {
     ///
     /// # Errors
     /// An upstream hostname does not resolve.
+    /// `previous` is the runtime being replaced: a host name whose lookup fails now keeps
+    /// the addresses it had there.
     pub async fn build(
         config: &Config,
         registry: &Arc<Registry>,
         resolver: &Resolver,
+        previous: Option<&Runtime>,
     ) -> Result<Runtime, PoolError> {
         let mut pools = std::collections::BTreeMap::new();
         for (name, upstream) in &config.upstreams {
+            let before = previous.and_then(|p| p.pools.get(name)).map(|h| &**h);
             pools.insert(
                 name.clone(),
-                PoolHandle::build(upstream, registry, resolver).await?,
+                PoolHandle::build(upstream, registry, resolver, before).await?,
             );
         }
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -76,6 +82,7 @@ impl Runtime {
         Ok(Runtime {
             router: Router::new(routes),
             trusted_proxies: config.proxy.trusted_proxies.clone(),
+            pools,
         })
     }
 }

@@ -112,7 +112,7 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         let registry = Arc::new(Registry::default());
         let resolver = Resolver::new(config.proxy.resolver);
-        let runtime = Runtime::build(&config, &registry, &resolver).await?;
+        let runtime = Runtime::build(&config, &registry, &resolver, None).await?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let listening = Listening::new(listener).map_err(|source| StartError::Tls {
@@ -201,7 +201,10 @@ impl Running {
     /// A hostname does not resolve or a new address cannot be bound; then nothing changes.
     pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let resolver = Resolver::new(config.proxy.resolver);
-        let runtime = Arc::new(Runtime::build(&config, &self.shared.registry, &resolver).await?);
+        let previous = self.shared.runtime.load_full();
+        let runtime = Arc::new(
+            Runtime::build(&config, &self.shared.registry, &resolver, Some(&previous)).await?,
+        );
         // Every listener's TLS setup first, then every new address bound, so a failure
         // leaves everything as it was.
         let mut built = Vec::with_capacity(config.listeners.len());

@@ -131,6 +131,9 @@ pub struct PoolHandle {
     pub current: arc_swap::ArcSwap<Pool>,
     /// Re-resolves the pool's host names; stopped when the handle is dropped.
     refresher: std::sync::OnceLock<resolve::Refresher>,
+    /// The last known addresses of each `servers` entry, by its text (`app.internal:3000`),
+    /// so that a reload whose lookup fails keeps them, as re-resolution does.
+    known: std::sync::Mutex<std::collections::HashMap<String, Vec<SocketAddr>>>,
 }
 
 impl PoolHandle {
@@ -144,14 +147,19 @@ impl PoolHandle {
         cfg: &UpstreamConfig,
         registry: &Arc<Registry>,
         resolver: &resolve::Resolver,
+        previous: Option<&PoolHandle>,
     ) -> Result<Arc<PoolHandle>, PoolError> {
         let mut failing = vec![false; cfg.servers.len()];
-        let addrs = resolve::resolve_all(cfg, resolver, None, &mut failing).await;
+        let last: Option<Vec<Vec<SocketAddr>>> =
+            previous.map(|p| cfg.servers.iter().map(|s| p.known_addrs(&s.addr)).collect());
+        let addrs = resolve::resolve_all(cfg, resolver, last.as_deref(), &mut failing).await;
         let pool = Pool::build(cfg, registry, &addrs)?;
         let handle = Arc::new(PoolHandle {
             current: arc_swap::ArcSwap::from_pointee(pool),
             refresher: std::sync::OnceLock::new(),
+            known: std::sync::Mutex::default(),
         });
+        handle.remember(cfg, &addrs);
         if cfg.servers.iter().any(resolve::is_name) {
             let refresher = resolve::Refresher::spawn(
                 &handle,
@@ -164,6 +172,21 @@ impl PoolHandle {
             let _ = handle.refresher.set(refresher);
         }
         Ok(handle)
+    }
+
+    /// The last known addresses of the `servers` entry written `addr`.
+    fn known_addrs(&self, addr: &str) -> Vec<SocketAddr> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(addr).cloned().unwrap_or_default()
+    }
+
+    /// Records `addrs[i]` as the addresses of `cfg.servers[i]`.
+    pub(crate) fn remember(&self, cfg: &UpstreamConfig, addrs: &[Vec<SocketAddr>]) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.clear();
+        for (server, addrs) in cfg.servers.iter().zip(addrs) {
+            known.insert(server.addr.clone(), addrs.clone());
+        }
     }
 
     /// The current snapshot.

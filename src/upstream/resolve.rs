@@ -232,6 +232,7 @@ async fn refresh(
                 let now: Vec<_> = pool.states().collect();
                 registry.retire(&old, &now);
                 tracing::info!(upstream = %cfg.name, servers = pool.servers.len(), "addresses changed");
+                handle.remember(&cfg, &next);
                 last = next;
             }
             Err(err) => {

@@ -14,15 +14,20 @@
 //! - [`upstream`]: server pools, balancing, passive health, upstream connections.
 //! - [`resources`]: the file-descriptor limit, and running out of descriptors.
 //! - [`shutdown`]: stop-accepting signal and tracking of in-flight connections and tunnels.
+//! - [`metrics`]: the Prometheus metric families and the per-route, per-server handles the
+//!   hot paths count on.
+//! - [`admin`]: the operator's endpoint: `/healthz`, `/metrics`, `/status`, the dashboard.
 //! - [`lifecycle`]: `sluice run`: signals, drain, exit codes.
 //! - [`demo`]: `sluice demo`: two in-process echo backends behind the proxy, with a page.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod lifecycle;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod resources;
 pub mod server;

@@ -106,9 +106,11 @@ async fn reload(running: &Running, path: &Path) {
     tracing::info!(config = %path.display(), "SIGHUP: reloading");
     match Config::load(path) {
         Err(err) => {
-            for line in err.to_string().lines() {
+            let text = err.to_string();
+            for line in text.lines() {
                 tracing::error!(problem = line, "reload failed, the running config stays");
             }
+            running.reload_refused(&text);
         }
         Ok(config) => {
             log_warnings(&config);

@@ -23,9 +23,11 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::metrics::RouteMetrics;
 use crate::server::head::ClientIo;
 use crate::server::limits::{ConnPermit, TunnelPermit};
 use crate::shutdown::Shutdown;
@@ -40,6 +42,8 @@ pub struct Tunnel {
     pub host: Box<str>,
     pub path: Box<str>,
     pub route: Arc<str>,
+    /// The route's counters: tunnels open and opened, bytes, duration.
+    pub metrics: Arc<RouteMetrics>,
     pub server: Arc<str>,
     pub idle_timeout: Duration,
     /// Held until the tunnel closes: a tunnel counts against the connection limits.
@@ -88,6 +92,7 @@ impl Tunnel {
             return;
         };
         let start = Instant::now();
+        self.metrics.tunnel_opened();
         let activity = Activity {
             start,
             last_ms: AtomicU64::new(0),
@@ -95,9 +100,10 @@ impl Tunnel {
         let mut copy = Copy {
             client,
             upstream,
-            up: Direction::new(from_client),
-            down: Direction::new(from_upstream),
+            up: Direction::new(from_client, &self.metrics.bytes_in),
+            down: Direction::new(from_upstream, &self.metrics.bytes_out),
             activity: &activity,
+            metrics: &self.metrics,
         };
         let end = tokio::select! {
             result = &mut copy => match result {
@@ -110,6 +116,7 @@ impl Tunnel {
             () = activity.idle(self.idle_timeout) => End::Idle,
             () = shutdown.cut() => End::Shutdown,
         };
+        self.metrics.tunnel_closed(start.elapsed());
         tracing::info!(
             target: "access",
             kind = "tunnel",
@@ -192,7 +199,10 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(pre_read: Bytes) -> Direction {
+    /// `counted` is the byte counter this direction adds to; the bytes hyper read ahead
+    /// are counted here.
+    fn new(pre_read: Bytes, counted: &Counter) -> Direction {
+        counted.inc_by(pre_read.len() as u64);
         Direction {
             bytes: pre_read.len() as u64,
             // A copy, even of nothing: hyper's `Bytes` is a view into its whole read
@@ -218,6 +228,7 @@ impl Direction {
         src: &mut Stream,
         dst: &mut Stream,
         activity: &Activity,
+        counted: &Counter,
     ) -> Poll<io::Result<()>> {
         let mut reads = 0;
         loop {
@@ -258,6 +269,7 @@ impl Direction {
                     return Poll::Ready(Ok(()));
                 }
                 self.bytes += data.len() as u64;
+                counted.inc_by(data.len() as u64);
                 activity.touch();
                 let written = match Pin::new(&mut *dst).poll_write(cx, data) {
                     Poll::Ready(Ok(written)) => written,
@@ -284,6 +296,7 @@ struct Copy<'a> {
     /// Upstream → client.
     down: Direction,
     activity: &'a Activity,
+    metrics: &'a RouteMetrics,
 }
 
 impl Future for Copy<'_> {
@@ -291,12 +304,20 @@ impl Future for Copy<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let up = this
-            .up
-            .poll(cx, &mut this.client, &mut this.upstream, this.activity)?;
-        let down = this
-            .down
-            .poll(cx, &mut this.upstream, &mut this.client, this.activity)?;
+        let up = this.up.poll(
+            cx,
+            &mut this.client,
+            &mut this.upstream,
+            this.activity,
+            &this.metrics.bytes_in,
+        )?;
+        let down = this.down.poll(
+            cx,
+            &mut this.upstream,
+            &mut this.client,
+            this.activity,
+            &this.metrics.bytes_out,
+        )?;
         if up.is_ready() && down.is_ready() {
             Poll::Ready(Ok(()))
         } else {

@@ -167,6 +167,54 @@ upstream = "backend"
 }
 
 #[test]
+fn admin_is_accepted_on_its_own_address_and_refused_on_a_listeners() {
+    let out = check(
+        r#"[[listener]]
+addr = "0.0.0.0:8080"
+
+[upstream.backend]
+servers = ["127.0.0.1:3000"]
+
+[[route]]
+upstream = "backend"
+
+[admin]
+addr = "127.0.0.1:9901"
+"#,
+    );
+    assert_ok(
+        &out,
+        &[
+            "ok: 1 listener, 1 route, 1 upstream (1 server)",
+            "listener 0.0.0.0:8080",
+            "route / -> backend",
+            "upstream backend: round_robin, 127.0.0.1:3000",
+            "admin 127.0.0.1:9901",
+        ],
+    );
+    let out = check(
+        r#"[[listener]]
+addr = "127.0.0.1:8080"
+
+[upstream.backend]
+servers = ["127.0.0.1:3000"]
+
+[[route]]
+upstream = "backend"
+
+[admin]
+addr = "127.0.0.1:8080"
+"#,
+    );
+    assert_problems(
+        &out,
+        &[
+            r#"sluice.toml:11:8: admin.addr: "127.0.0.1:8080" is a listener's address (the admin endpoint needs its own)"#,
+        ],
+    );
+}
+
+#[test]
 fn every_supported_key_is_accepted() {
     let out = check(
         r#"[proxy]
@@ -976,10 +1024,12 @@ upstream = "a"
 addr = "127.0.0.1:9901"
 "#,
     );
-    assert_problems(&out, &[
-        r#"sluice.toml:15:12: upstream.a.hash_key: only used with balance = "hash" (set balance = "hash", or remove it)"#,
-        "sluice.toml:28:1: admin: not supported yet (remove it; the admin endpoint is not built yet)",
-    ]);
+    assert_problems(
+        &out,
+        &[
+            r#"sluice.toml:15:12: upstream.a.hash_key: only used with balance = "hash" (set balance = "hash", or remove it)"#,
+        ],
+    );
 }
 
 #[test]

@@ -248,7 +248,9 @@ impl Cx {
             Some(node) => self.routes(node, &names),
             None => Vec::new(),
         };
-        let admin = top.get("admin").and_then(|node| self.admin(node));
+        let admin = top
+            .get("admin")
+            .and_then(|node| self.admin(node, &listeners));
         Some(Config {
             source: path.to_path_buf(),
             proxy,
@@ -435,14 +437,20 @@ impl Cx {
             .push(node.span.clone(), tf.key_path("cert"), message);
     }
 
-    fn admin(&mut self, node: &Node) -> Option<AdminConfig> {
+    /// `[admin]`: its own address, never a proxy listener's (the admin endpoint must not
+    /// be reachable where the proxy faces clients).
+    fn admin(&mut self, node: &Node, listeners: &[ListenerConfig]) -> Option<AdminConfig> {
         let table = self.table(node, "admin", "[admin] with addr = \"127.0.0.1:9901\"")?;
-        let before = self.problems.len();
         let f = Fields::new(node, table, "admin".into(), &["addr"], &mut self.problems);
         let addr_node = f.require("addr", IP_PORT_HINT, &mut self.problems)?;
         let addr = self.ip_port(addr_node, &f.key_path("addr"), true)?;
-        if self.problems.len() == before {
-            self.not_yet(node, "admin", "the admin endpoint is not built yet");
+        if addr.port() != 0 && listeners.iter().any(|l| l.addr == addr) {
+            self.push(
+                addr_node,
+                &f.key_path("addr"),
+                format!("\"{addr}\" is a listener's address (the admin endpoint needs its own)"),
+            );
+            return None;
         }
         Some(AdminConfig { addr })
     }

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::metrics::RouteMetrics;
 use crate::server::head::{BodyEnd, HeadClock};
 use crate::upstream::connect::{IdlePool, Sender};
 use crate::upstream::Active;
@@ -198,6 +199,8 @@ pub struct ResponseBody {
     access: Option<Arc<Access>>,
     /// Re-armed when the response is done, so the next request head is timed.
     clock: Option<HeadClock>,
+    /// When the request head arrived, and where its duration is recorded when done.
+    timing: Option<(Instant, Arc<RouteMetrics>)>,
 }
 
 impl ResponseBody {
@@ -216,6 +219,7 @@ impl ResponseBody {
             bytes_out: 0,
             access: None,
             clock: None,
+            timing: None,
         }
     }
 
@@ -225,6 +229,7 @@ impl ResponseBody {
             bytes_out: 0,
             access: None,
             clock: None,
+            timing: None,
         }
     }
 
@@ -234,12 +239,19 @@ impl ResponseBody {
             bytes_out: 0,
             access: None,
             clock: None,
+            timing: None,
         }
     }
 
     /// Logs the request when the body is done (or dropped).
     pub fn with_access(mut self, access: Option<Arc<Access>>) -> ResponseBody {
         self.access = access;
+        self
+    }
+
+    /// Records the request's duration in `metrics` when the body is done (or dropped).
+    pub fn with_timing(mut self, started: Instant, metrics: Arc<RouteMetrics>) -> ResponseBody {
+        self.timing = Some((started, metrics));
         self
     }
 
@@ -316,6 +328,9 @@ impl Drop for ResponseBody {
         }
         if let Some(clock) = &self.clock {
             clock.response_done();
+        }
+        if let Some((started, metrics)) = &self.timing {
+            metrics.request_took(started.elapsed());
         }
         if let Some(access) = &self.access {
             access.log(self.bytes_out);

@@ -6,6 +6,7 @@
 
 use http::StatusCode;
 
+use crate::metrics::Rejection;
 use crate::upstream::connect::ConnectError;
 
 /// Why sluice answers a request itself instead of relaying the upstream's answer.
@@ -74,15 +75,21 @@ impl ProxyError {
         )
     }
 
-    /// The `reason` label of `sluice_handshake_rejections_total`, for failures that reject a
+    /// The `reason` label of `sluice_handshake_rejections_total` when this failure ends a
     /// WebSocket handshake.
-    pub fn rejection_reason(&self) -> Option<&'static str> {
+    pub fn rejection(&self) -> Option<Rejection> {
         match self {
-            ProxyError::InvalidHandshake(_) => Some("invalid_handshake"),
-            ProxyError::OriginNotAllowed => Some("origin"),
-            ProxyError::BadSwitch(_) => Some("bad_accept"),
-            ProxyError::TooManyTunnels => Some("tunnel_limit"),
-            _ => None,
+            ProxyError::InvalidHandshake(_) => Some(Rejection::InvalidHandshake),
+            ProxyError::OriginNotAllowed => Some(Rejection::Origin),
+            ProxyError::BadSwitch(_) => Some(Rejection::BadAccept),
+            ProxyError::TooManyTunnels => Some(Rejection::TunnelLimit),
+            ProxyError::NoServerAvailable
+            | ProxyError::AllServersFailed(_)
+            | ProxyError::ResponseTimeout(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::UnexpectedSwitch => Some(Rejection::UpstreamUnavailable),
+            ProxyError::Draining => Some(Rejection::Draining),
+            ProxyError::NoRoute | ProxyError::BadRequest(_) | ProxyError::BodyTimeout => None,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{CONNECTION, CONTENT_TYPE, HOST};
@@ -23,6 +24,7 @@ use hyper::body::{Body as _, Incoming};
 use ipnet::IpNet;
 
 use crate::config::Config;
+use crate::metrics::{Rejection, RouteMetrics, NO_ROUTE};
 use crate::server::head::BodyEnd;
 use crate::server::head::HeadClock;
 use crate::server::limits::{ConnPermit, Limits};
@@ -44,6 +46,8 @@ pub struct Runtime {
     pub trusted_proxies: Vec<IpNet>,
     /// Every pool by name, for the next reload to take over their last known addresses.
     pools: std::collections::BTreeMap<String, Arc<PoolHandle>>,
+    /// What requests that match no route count in.
+    no_route: Arc<RouteMetrics>,
 }
 
 impl Runtime {
@@ -73,8 +77,10 @@ impl Runtime {
             let Some(pool) = pools.get(&route.upstream) else {
                 continue;
             };
+            let label: Arc<str> = Arc::from(route.label().as_str());
             routes.push(Route {
-                label: Arc::from(route.label().as_str()),
+                metrics: registry.metrics().route(&label),
+                label,
                 config: route.clone(),
                 pool: Arc::clone(pool),
             });
@@ -83,11 +89,17 @@ impl Runtime {
             router: Router::new(routes),
             trusted_proxies: config.proxy.trusted_proxies.clone(),
             pools,
+            no_route: registry.metrics().route(&Arc::from(NO_ROUTE)),
         })
     }
 }
 
 impl Runtime {
+    /// Every pool, by name.
+    pub fn pools(&self) -> impl Iterator<Item = (&str, &Arc<PoolHandle>)> {
+        self.pools.iter().map(|(name, pool)| (name.as_str(), pool))
+    }
+
     /// Every server's registry key and state, over all pools.
     pub fn server_states(&self) -> Vec<(ServerKey, Arc<ServerState>)> {
         let mut seen = std::collections::HashSet::new();
@@ -118,8 +130,17 @@ pub struct ConnContext {
     pub limits: Arc<Limits>,
 }
 
+/// What the handler learnt about a request on its way, for the metrics.
+#[derive(Default)]
+struct Outcome<'r> {
+    route: Option<&'r Route>,
+    /// The request was a WebSocket handshake on a route that allows them.
+    handshake: bool,
+}
+
 /// Serves one request. Never fails: every failure becomes a response.
 pub async fn handle(req: Request<Incoming>, conn: Arc<ConnContext>) -> Response<ResponseBody> {
+    let started = Instant::now();
     conn.clock.request_started(!req.body().is_end_stream());
     let access = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
         Arc::new(Access::new(
@@ -130,10 +151,23 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnContext>) -> Response<
         ))
     });
     let runtime = conn.runtime.load_full();
-    let response = match forward(req, &runtime, &conn, access.as_ref()).await {
-        Ok(response) => response,
+    let mut outcome = Outcome::default();
+    let response = match forward(req, &runtime, &conn, access.as_ref(), &mut outcome).await {
+        Ok(response) => {
+            if outcome.handshake && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(route) = outcome.route {
+                    route.metrics.rejected(Rejection::UpstreamRefused);
+                }
+            }
+            response
+        }
         Err(failure) => {
             failure.log(conn.peer);
+            if let (true, Some(route), Some(reason)) =
+                (outcome.handshake, outcome.route, failure.err.rejection())
+            {
+                route.metrics.rejected(reason);
+            }
             let mut response = error_response(failure.err.status());
             if failure.err.closes_connection() {
                 response
@@ -143,12 +177,18 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnContext>) -> Response<
             response
         }
     };
+    let metrics = outcome
+        .route
+        .map_or(&runtime.no_route, |route| &route.metrics);
+    metrics.answered(response.status().as_u16());
     if let Some(access) = &access {
         access.set_status(response.status().as_u16());
     }
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     response.map(|body| {
-        let body = body.with_access(access);
+        let body = body
+            .with_access(access)
+            .with_timing(started, Arc::clone(metrics));
         // A tunnel never reads another request head: its clock stays stopped.
         if switching {
             body
@@ -194,15 +234,13 @@ impl Failure {
     }
 }
 
-async fn forward(
+async fn forward<'r>(
     mut req: Request<Incoming>,
-    runtime: &Runtime,
+    runtime: &'r Runtime,
     conn: &ConnContext,
     access: Option<&Arc<Access>>,
+    outcome: &mut Outcome<'r>,
 ) -> Result<Response<ResponseBody>, Failure> {
-    if conn.shutdown.is_draining() {
-        return Err(Failure::new(ProxyError::Draining));
-    }
     if req.method() == http::Method::CONNECT {
         return Err(Failure::new(ProxyError::BadRequest(
             "CONNECT is not proxied",
@@ -245,17 +283,24 @@ async fn forward(
     if let Some(access) = access {
         access.set_route(&route.label);
     }
+    outcome.route = Some(route);
 
     // Handshake and origin.
     let key = match websocket::classify(req.method(), req.version(), req.headers()) {
         Upgrade::WebSocket { key } if route.config.websocket => Some(key),
         Upgrade::InvalidWebSocket { reason } if route.config.websocket => {
+            outcome.handshake = true;
             return Err(fail(ProxyError::InvalidHandshake(reason)));
         }
         // No upgrade, another protocol, or upgrades off on this route: plain HTTP, and the
         // `Upgrade` header goes as the hop-by-hop header it is.
         _ => None,
     };
+    outcome.handshake = key.is_some();
+    // Checked once the request is classified, so a handshake refused by a drain is counted.
+    if conn.shutdown.is_draining() {
+        return Err(fail(ProxyError::Draining));
+    }
     if key.is_some()
         && !websocket::origin_allowed(route.config.allowed_origins.as_deref(), req.headers())
     {
@@ -377,11 +422,12 @@ async fn forward(
             host,
             path,
             route: Arc::clone(&route.label),
+            metrics: Arc::clone(&route.metrics),
             server: Arc::clone(&server.label),
             idle_timeout: route.config.idle_timeout,
             permit: Arc::clone(&conn.permit),
             tunnel_permit,
-            active,
+            active: active.into_tunnel(),
         };
         conn.shutdown
             .spawn(tunnel.run(client_upgrade, upstream_upgrade, conn.shutdown.clone()));
@@ -419,6 +465,7 @@ async fn connect_any<'a>(
                 return Err(ProxyError::AllServersFailed(err));
             }
             Err(err) => {
+                server.state.connect_errors.inc();
                 let down = server.record_failure();
                 tracing::warn!(
                     route = &**route,
@@ -460,6 +507,7 @@ async fn send(
         .await
         .map_err(|err| {
             if err.blames_server() {
+                server.state.connect_errors.inc();
                 server.record_failure();
             }
             ProxyError::AllServersFailed(err)

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::uri::{PathAndQuery, Uri};
 
 use crate::config::{HostPattern, RouteConfig};
+use crate::metrics::RouteMetrics;
 use crate::upstream::PoolHandle;
 
 /// A route ready to serve: its config plus the pool it sends to.
@@ -19,6 +20,8 @@ pub struct Route {
     pub pool: Arc<PoolHandle>,
     /// Name in logs and metrics (`host/path` or `path`).
     pub label: Arc<str>,
+    /// Its counters, resolved when the config was built.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// Routes sorted by precedence; the first that matches wins.

@@ -126,6 +126,11 @@ impl Limits {
         })
     }
 
+    /// `max_connections` as configured now.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
     /// Client connections open now, all listeners together.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)

@@ -21,8 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, Admin, ListenerInfo};
 use crate::config::{Config, ListenerConfig};
 use crate::lifecycle::StartError;
+use crate::metrics::Metrics;
 use crate::proxy::error::raw_close_response;
 use crate::proxy::Runtime;
 use crate::resources;
@@ -46,6 +48,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub struct Server {
     config: Config,
     listeners: Vec<(TcpListener, Listening)>,
+    /// The `[admin]` listener, bound, with its configured address.
+    admin: Option<(TcpListener, SocketAddr)>,
     shared: Arc<Shared>,
 }
 
@@ -83,6 +87,8 @@ struct Shared {
     /// Every upstream server's state, kept across reloads.
     registry: Arc<Registry>,
     shutdown: Shutdown,
+    /// What the admin endpoint reads (metrics, reload history, listeners).
+    admin: Arc<admin::Sources>,
 }
 
 /// Why a reload was refused. The running config stays in every case.
@@ -110,7 +116,8 @@ impl Server {
     /// # Errors
     /// A hostname does not resolve, or an address cannot be bound.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
-        let registry = Arc::new(Registry::default());
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(Arc::clone(&metrics)));
         let resolver = Resolver::new(config.proxy.resolver);
         let runtime = Runtime::build(&config, &registry, &resolver, None).await?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
@@ -125,21 +132,54 @@ impl Server {
             })?;
             listeners.push((bound, listening));
         }
+        let admin = match &config.admin {
+            Some(cfg) => Some((
+                bind(cfg.addr).map_err(|source| StartError::Bind {
+                    addr: cfg.addr,
+                    source,
+                })?,
+                cfg.addr,
+            )),
+            None => None,
+        };
+        let runtime = Arc::new(ArcSwap::from_pointee(runtime));
+        let limits = Limits::new(
+            config.proxy.max_connections,
+            config.proxy.max_connections_per_ip,
+            config.proxy.max_tunnels_per_ip,
+        );
+        let shutdown = Shutdown::new();
+        let sources = admin::Sources {
+            metrics,
+            runtime: Arc::clone(&runtime),
+            shutdown: shutdown.clone(),
+            connections: {
+                let limits = Arc::clone(&limits);
+                Box::new(move || (limits.open(), limits.max_connections()))
+            },
+            listeners: ArcSwap::from_pointee(Vec::new()),
+            journal: admin::Journal::new(&config.source),
+        };
         let shared = Arc::new(Shared {
-            runtime: Arc::new(ArcSwap::from_pointee(runtime)),
-            limits: Limits::new(
-                config.proxy.max_connections,
-                config.proxy.max_connections_per_ip,
-                config.proxy.max_tunnels_per_ip,
-            ),
+            runtime,
+            limits,
             registry,
-            shutdown: Shutdown::new(),
+            shutdown,
+            admin: Arc::new(sources),
         });
         Ok(Server {
             config,
             listeners,
+            admin,
             shared,
         })
+    }
+
+    /// The admin endpoint's address as bound, when `[admin]` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .map(|(l, configured)| l.local_addr().unwrap_or(*configured))
     }
 
     /// The addresses actually bound (port 0 resolved), in listener order.
@@ -156,10 +196,18 @@ impl Server {
         for (listener, listening) in self.listeners {
             listeners.push(ListenerHandle::spawn(listener, listening, &self.shared));
         }
+        self.shared
+            .admin
+            .listeners
+            .store(Arc::new(listener_infos(&listeners)));
+        let admin = self.admin.map(|(listener, configured)| {
+            Admin::spawn(listener, configured, Arc::clone(&self.shared.admin))
+        });
         Running {
             shared: self.shared,
             state: Mutex::new(RunningState {
                 listeners,
+                admin,
                 shutdown_timeout: self.config.proxy.shutdown_timeout,
             }),
         }
@@ -183,7 +231,19 @@ pub struct Running {
 
 struct RunningState {
     listeners: Vec<ListenerHandle>,
+    admin: Option<Admin>,
     shutdown_timeout: Duration,
+}
+
+/// What `/status` shows of each listener.
+fn listener_infos(listeners: &[ListenerHandle]) -> Vec<ListenerInfo> {
+    listeners
+        .iter()
+        .map(|l| ListenerInfo {
+            addr: l.local,
+            tls: l.listening.load().tls.is_some(),
+        })
+        .collect()
 }
 
 impl Running {
@@ -193,6 +253,19 @@ impl Running {
         state.listeners.iter().map(|l| l.local).collect()
     }
 
+    /// The admin endpoint's address as bound, when `[admin]` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.admin.as_ref().map(|a| a.local)
+    }
+
+    /// Records a reload refused before it reached [`Running::reload`] (an invalid file),
+    /// for `/status` and `sluice_config_reloads_total`.
+    pub fn reload_refused(&self, reason: &str) {
+        self.shared.admin.metrics.reloaded(false);
+        self.shared.admin.journal.reloaded(Err(reason.to_owned()));
+    }
+
     /// Takes over `config`: new listeners are bound, removed ones closed, kept ones take
     /// their new settings; routes, pools and limits are swapped at once. Open connections
     /// and tunnels carry on untouched with what they started with.
@@ -200,6 +273,19 @@ impl Running {
     /// # Errors
     /// A hostname does not resolve or a new address cannot be bound; then nothing changes.
     pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let source = config.source.clone();
+        let result = self.take_over(config).await;
+        match &result {
+            Ok(()) => {
+                self.shared.admin.metrics.reloaded(true);
+                self.shared.admin.journal.reloaded(Ok(&source));
+            }
+            Err(err) => self.reload_refused(&err.to_string()),
+        }
+        result
+    }
+
+    async fn take_over(&self, config: Config) -> Result<(), ReloadError> {
         let resolver = Resolver::new(config.proxy.resolver);
         let previous = self.shared.runtime.load_full();
         let runtime = Arc::new(
@@ -233,6 +319,23 @@ impl Running {
             })?;
             fresh.push((bound, listening));
         }
+        // The admin listener: kept when its address stays, else bound anew before anything
+        // is swapped, so a failure leaves everything as it was.
+        let same_admin = match (&config.admin, &state.admin) {
+            (Some(cfg), Some(admin)) => cfg.addr == admin.configured,
+            (None, None) => true,
+            _ => false,
+        };
+        let new_admin = match (&config.admin, same_admin) {
+            (Some(cfg), false) => Some((
+                bind(cfg.addr).map_err(|source| ReloadError::Bind {
+                    addr: cfg.addr,
+                    source,
+                })?,
+                cfg.addr,
+            )),
+            _ => None,
+        };
         let before = self.shared.runtime.swap(Arc::clone(&runtime));
         self.shared
             .registry
@@ -262,6 +365,19 @@ impl Running {
             kept.push(ListenerHandle::spawn(listener, listening, &self.shared));
         }
         state.listeners = kept;
+        self.shared
+            .admin
+            .listeners
+            .store(Arc::new(listener_infos(&state.listeners)));
+        if !same_admin {
+            if let Some(old) = state.admin.take() {
+                tracing::info!(addr = %old.local, "admin listener removed");
+                old.close();
+            }
+            state.admin = new_admin.map(|(listener, configured)| {
+                Admin::spawn(listener, configured, Arc::clone(&self.shared.admin))
+            });
+        }
         state.shutdown_timeout = config.proxy.shutdown_timeout;
         Ok(())
     }
@@ -278,6 +394,14 @@ impl Running {
             "draining: no new connections; open requests and tunnels may finish"
         );
         self.shared.shutdown.drain(timeout).await;
+        // The admin endpoint answered `503` on /healthz throughout; it closes last.
+        let admin = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.admin.take()
+        };
+        if let Some(admin) = admin {
+            admin.close();
+        }
         tracing::info!("stopped");
     }
 }

@@ -41,6 +41,8 @@ pub struct Server {
     pub label: Arc<str>,
     /// The server's weight, for `least_conn`'s active/weight comparison.
     weight: u32,
+    /// Tried only when no primary is available.
+    pub backup: bool,
     /// How to talk TLS to it (`tls` on its pool), with the name it must prove.
     pub tls: Option<ServerTls>,
     /// The pool's passive-health rule, from the current config.
@@ -71,6 +73,21 @@ impl Server {
         self.state.active()
     }
 
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// Whether the server may be picked, and if not, which health rule took it out.
+    pub fn health(&self) -> Health {
+        if !self.state.checked_up.load(Ordering::Relaxed) {
+            Health::DownActive
+        } else if !self.state.health.is_available() {
+            Health::DownPassive
+        } else {
+            Health::Up
+        }
+    }
+
     /// Idle keep-alive connections to this server.
     pub fn idle(&self) -> &Arc<IdlePool> {
         &self.state.idle
@@ -85,6 +102,26 @@ impl Server {
             return Ok(sender);
         }
         connect::open(self.addr, connect_timeout, self.tls.as_ref()).await
+    }
+}
+
+/// A server's health as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    /// Taken out by passive health (`max_fails` within `fail_timeout`).
+    DownPassive,
+    /// Taken out by active health checks.
+    DownActive,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::DownPassive => "down_passive",
+            Health::DownActive => "down_active",
+        }
     }
 }
 
@@ -189,6 +226,18 @@ impl PoolHandle {
         }
     }
 
+    /// The `servers` entries whose host names resolve to no address now.
+    pub fn unresolved(&self) -> Vec<String> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<String> = known
+            .iter()
+            .filter(|(_, addrs)| addrs.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The current snapshot.
     pub fn load(&self) -> Arc<Pool> {
         self.current.load_full()
@@ -240,15 +289,17 @@ impl Pool {
                 } else {
                     Arc::from(format!("{} ({addr})", server.addr).as_str())
                 };
+                let state = registry.state(&name, addr, &label, cfg.keepalive);
                 servers.push(Arc::new(Server {
                     addr,
                     authority: HeaderValue::from_str(&server.addr)
                         .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
                     label,
                     weight: server.weight.max(1),
+                    backup: server.backup,
                     tls: server_tls.clone(),
                     policy,
-                    state: registry.state(&name, addr, cfg.keepalive),
+                    state,
                 }));
                 if server.backup {
                     backups.push((index, server.weight));
@@ -308,6 +359,15 @@ impl Pool {
         self.servers
             .iter()
             .map(|s| ((Arc::clone(&self.name), s.addr), Arc::clone(&s.state)))
+    }
+
+    /// `round_robin`, `least_conn` or `hash`.
+    pub fn balance_name(&self) -> &'static str {
+        match self.balance {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::Hash => "hash",
+        }
     }
 
     /// Whether picks depend on a per-request key (`balance = "hash"`).

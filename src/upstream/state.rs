@@ -14,8 +14,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::connect::IdlePool;
 use super::health::HealthState;
+use crate::metrics::Metrics;
 
 /// What sluice knows about one server of one pool.
 #[derive(Debug)]
@@ -29,19 +32,25 @@ pub struct ServerState {
     pub check_fails: AtomicU32,
     /// Requests in flight and tunnels open on it, for `least_conn`.
     active: AtomicUsize,
+    /// Of `active`, the tunnels (for `/status`).
+    tunnels: AtomicUsize,
     /// Idle keep-alive connections to it.
     pub idle: Arc<IdlePool>,
+    /// `sluice_upstream_connect_errors_total` for this server, looked up once.
+    pub connect_errors: Counter,
 }
 
 impl ServerState {
-    fn new(keepalive: usize) -> ServerState {
+    fn new(keepalive: usize, connect_errors: Counter) -> ServerState {
         ServerState {
             health: HealthState::default(),
             checked_up: AtomicBool::new(true),
             check_passes: AtomicU32::new(0),
             check_fails: AtomicU32::new(0),
             active: AtomicUsize::new(0),
+            tunnels: AtomicUsize::new(0),
             idle: Arc::new(IdlePool::new(keepalive)),
+            connect_errors,
         }
     }
 
@@ -50,10 +59,18 @@ impl ServerState {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Tunnels open on this server.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Relaxed)
+    }
+
     /// Counts a request or tunnel as open until the guard is dropped.
     pub fn open(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::Relaxed);
-        Active(Arc::clone(self))
+        Active {
+            state: Arc::clone(self),
+            tunnel: false,
+        }
     }
 }
 
@@ -61,11 +78,28 @@ impl ServerState {
 /// server's state, not the snapshot: a tunnel opened before a reload releases its count on
 /// the state the new snapshot uses.
 #[derive(Debug)]
-pub struct Active(Arc<ServerState>);
+pub struct Active {
+    state: Arc<ServerState>,
+    tunnel: bool,
+}
+
+impl Active {
+    /// The request became a tunnel: it now counts as one too, until dropped.
+    pub fn into_tunnel(mut self) -> Active {
+        if !self.tunnel {
+            self.state.tunnels.fetch_add(1, Ordering::Relaxed);
+            self.tunnel = true;
+        }
+        self
+    }
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.state.active.fetch_sub(1, Ordering::Relaxed);
+        if self.tunnel {
+            self.state.tunnels.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -77,19 +111,44 @@ pub type ServerKey = (Arc<str>, SocketAddr);
 pub struct Registry {
     /// Weak: a state lives as long as a snapshot or an open request holds it.
     states: Mutex<HashMap<ServerKey, Weak<ServerState>>>,
+    /// Where each new server's connect-error counter comes from.
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
+    /// A registry whose servers count their connect errors in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            states: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// The metrics the servers count in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The state of `addr` in `pool`: the one already known, or a fresh one (a server
-    /// starts up, with nothing open). `keepalive` is the pool's current idle limit.
-    pub fn state(&self, pool: &Arc<str>, addr: SocketAddr, keepalive: usize) -> Arc<ServerState> {
+    /// starts up, with nothing open). `keepalive` is the pool's current idle limit;
+    /// `label` names the server in metrics.
+    pub fn state(
+        &self,
+        pool: &Arc<str>,
+        addr: SocketAddr,
+        label: &Arc<str>,
+        keepalive: usize,
+    ) -> Arc<ServerState> {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let key = (Arc::clone(pool), addr);
         if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
             state.idle.set_max(keepalive);
             return state;
         }
-        let state = Arc::new(ServerState::new(keepalive));
+        let state = Arc::new(ServerState::new(
+            keepalive,
+            self.metrics.connect_errors(pool, label),
+        ));
         states.insert(key, Arc::downgrade(&state));
         state
     }
@@ -123,12 +182,13 @@ mod tests {
         let pool: Arc<str> = Arc::from("app");
         let a: SocketAddr = ([127, 0, 0, 1], 1).into();
         let b: SocketAddr = ([127, 0, 0, 1], 2).into();
-        let first = registry.state(&pool, a, 4);
+        let label: Arc<str> = Arc::from("server");
+        let first = registry.state(&pool, a, &label, 4);
         let guard = first.open();
-        let again = registry.state(&pool, a, 8);
+        let again = registry.state(&pool, a, &label, 8);
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(again.active(), 1);
-        let other = registry.state(&pool, b, 4);
+        let other = registry.state(&pool, b, &label, 4);
         assert_eq!(other.active(), 0);
         drop(guard);
         assert_eq!(first.active(), 0);
@@ -140,7 +200,7 @@ mod tests {
         registry.retire(&before, &[]);
         drop(before);
         registry.retire(&[], &[]);
-        let fresh = registry.state(&pool, a, 4);
+        let fresh = registry.state(&pool, a, &label, 4);
         assert_eq!(fresh.active(), 0);
     }
 }

@@ -80,6 +80,8 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     /// Every listener's address, in config order.
     pub addrs: Vec<SocketAddr>,
+    /// The `[admin]` endpoint's address, when the config has one.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -130,6 +132,7 @@ pub async fn spawn_proxy(toml: &str) -> TestProxy {
         .await
         .unwrap_or_else(|e| panic!("Server::bind failed: {e}\n--- config ---\n{toml}"));
     let addrs = server.local_addrs();
+    let admin = server.admin_addr();
     assert!(!addrs.is_empty(), "Server::bind reported no listener");
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
@@ -138,6 +141,7 @@ pub async fn spawn_proxy(toml: &str) -> TestProxy {
     TestProxy {
         addr: addrs[0],
         addrs,
+        admin,
         stop: Some(tx),
         task: Some(task),
     }

@@ -10,6 +10,7 @@ use crate::config::{Balance, Config};
 /// listener 0.0.0.0:8080
 /// route /websocket -> backend
 /// upstream backend: round_robin, 127.0.0.1:3000, 127.0.0.1:3001
+/// admin 127.0.0.1:9901
 /// ```
 pub(crate) fn summary(config: &Config) -> String {
     use std::fmt::Write as _;
@@ -67,6 +68,9 @@ pub(crate) fn summary(config: &Config) -> String {
             out.push_str(" (no route uses it)");
         }
         out.push('\n');
+    }
+    if let Some(admin) = &config.admin {
+        let _ = writeln!(out, "admin {}", admin.addr);
     }
     out
 }

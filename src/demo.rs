@@ -14,6 +14,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +41,9 @@ use crate::server::Server;
 /// The page each backend serves on `GET /`.
 const PAGE: &str = include_str!("demo.html");
 
+/// Where the page's link to the dashboard goes; filled in when the page is served.
+const DASHBOARD_SLOT: &str = "{{dashboard}}";
+
 /// The names the two backends put in front of every echo.
 const BACKEND_NAMES: [&str; 2] = ["backend A", "backend B"];
 
@@ -60,6 +64,8 @@ pub struct Demo {
     addr: SocketAddr,
     /// The backends' bound addresses, A then B.
     backends: [SocketAddr; 2],
+    /// The admin endpoint (dashboard, metrics, status).
+    admin: SocketAddr,
     /// Cancelled to stop the proxy (drain) and the backends.
     stop: CancellationToken,
     /// The proxy's `run` task; it returns once drained.
@@ -72,6 +78,11 @@ impl Demo {
     /// The proxy's bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin endpoint's bound address: its `/` is the live dashboard.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
     }
 
     /// The backends' bound addresses: `backend A`, then `backend B`.
@@ -109,6 +120,8 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, StartError> {
     // Any early return below stops the backends already started.
     let stop_on_error = stop.clone().drop_guard();
 
+    // Set once the admin endpoint is bound; the page links to its dashboard.
+    let dashboard: Arc<OnceLock<String>> = Arc::default();
     let mut backends = [SocketAddr::from((Ipv4Addr::LOCALHOST, 0)); 2];
     for (slot, name) in backends.iter_mut().zip(BACKEND_NAMES) {
         let bind_to = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
@@ -124,7 +137,10 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, StartError> {
         })?;
         tracing::info!(backend = name, %addr, "demo backend listening");
         backend_tasks.spawn(serve_backend(
-            name,
+            Backend {
+                name,
+                dashboard: Arc::clone(&dashboard),
+            },
             listener,
             stop.clone(),
             backend_tasks.clone(),
@@ -132,16 +148,25 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, StartError> {
         *slot = addr;
     }
 
-    let text = demo_config(listen, backends);
-    let config = Config::from_toml(&text, Path::new("sluice-demo.toml"))?;
-    let server = Server::bind(config).await?;
+    // The dashboard on loopback next to the proxy's port (8081 beside 8080), or on any
+    // free port when that one is taken.
+    let preferred = admin_addr(listen);
+    let server = match bind_demo(listen, backends, preferred).await {
+        Err(StartError::Bind { addr, .. }) if addr == preferred && preferred.port() != 0 => {
+            bind_demo(listen, backends, SocketAddr::new(preferred.ip(), 0)).await?
+        }
+        bound => bound?,
+    };
     let addr = server.local_addrs().first().copied().unwrap_or(listen);
+    let admin = server.admin_addr().unwrap_or(preferred);
+    let _ = dashboard.set(format!("http://{admin}/"));
     let proxy = tokio::spawn(server.run(stop.clone().cancelled_owned()));
     stop_on_error.disarm();
 
     Ok(Demo {
         addr,
         backends,
+        admin,
         stop,
         proxy,
         backend_tasks,
@@ -160,20 +185,52 @@ pub fn run(listen: SocketAddr) -> Result<(), StartError> {
             "sluice demo: open http://{}/ in a browser",
             browsable(demo.addr())
         );
+        println!(
+            "sluice demo: live dashboard at http://{}/ (metrics at /metrics, status at /status)",
+            demo.admin_addr()
+        );
         stop.await;
         demo.stop().await;
         Ok(())
     })
 }
 
+async fn bind_demo(
+    listen: SocketAddr,
+    backends: [SocketAddr; 2],
+    admin: SocketAddr,
+) -> Result<Server, StartError> {
+    let text = demo_config(listen, backends, admin);
+    let config = Config::from_toml(&text, Path::new("sluice-demo.toml"))?;
+    Server::bind(config).await
+}
+
+/// Where the demo's admin endpoint goes: loopback (it shows the proxy's internals), on the
+/// port after the proxy's, or any free port when the proxy's is chosen by the OS.
+fn admin_addr(listen: SocketAddr) -> SocketAddr {
+    let ip = if listen.is_ipv6() {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    };
+    let port = match listen.port() {
+        0 | u16::MAX => 0,
+        port => port + 1,
+    };
+    SocketAddr::new(ip, port)
+}
+
 /// The proxy config the demo runs: exactly what a user would write for two backends.
-fn demo_config(listen: SocketAddr, backends: [SocketAddr; 2]) -> String {
+fn demo_config(listen: SocketAddr, backends: [SocketAddr; 2], admin: SocketAddr) -> String {
     format!(
         r#"[proxy]
 shutdown_timeout = "{SHUTDOWN_TIMEOUT}"
 
 [[listener]]
 addr = "{listen}"
+
+[admin]
+addr = "{admin}"
 
 [upstream.demo]
 servers = ["{a}", "{b}"]
@@ -202,10 +259,17 @@ fn browsable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// One demo backend: its name, and where the page's dashboard link points.
+#[derive(Clone)]
+struct Backend {
+    name: &'static str,
+    dashboard: Arc<OnceLock<String>>,
+}
+
 /// One backend's accept loop. An accept error is logged and the loop goes on (after a
 /// short pause, so that running out of file descriptors does not spin).
 async fn serve_backend(
-    name: &'static str,
+    backend: Backend,
     listener: TcpListener,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -217,10 +281,15 @@ async fn serve_backend(
         };
         match accepted {
             Ok((stream, _peer)) => {
-                tasks.spawn(serve_connection(name, stream, stop.clone(), tasks.clone()));
+                tasks.spawn(serve_connection(
+                    backend.clone(),
+                    stream,
+                    stop.clone(),
+                    tasks.clone(),
+                ));
             }
             Err(err) => {
-                tracing::warn!(backend = name, cause = %err, "demo backend accept failed");
+                tracing::warn!(backend = backend.name, cause = %err, "demo backend accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -229,15 +298,16 @@ async fn serve_backend(
 
 /// One HTTP/1.1 connection to a backend, upgrades allowed.
 async fn serve_connection(
-    name: &'static str,
+    backend: Backend,
     stream: TcpStream,
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let name = backend.name;
     let service = {
         let stop = stop.clone();
         service_fn(move |req| {
-            let response = handle(name, req, &stop, &tasks);
+            let response = handle(&backend, req, &stop, &tasks);
             async move { Ok::<_, Infallible>(response) }
         })
     };
@@ -263,11 +333,12 @@ async fn serve_connection(
 /// Answers one request: a WebSocket handshake is accepted and echoed, `GET /` gets the
 /// page, anything else `404`.
 fn handle(
-    name: &'static str,
+    backend: &Backend,
     mut req: Request<Incoming>,
     stop: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Response<Full<Bytes>> {
+    let name = backend.name;
     if wants_websocket(&req) {
         let Some(accept) = handshake_accept(&req) else {
             return text(StatusCode::BAD_REQUEST, "bad request\n");
@@ -304,7 +375,9 @@ fn handle(
     let is_page = matches!(req.uri().path(), "/" | "/index.html");
     match (req.method(), is_page) {
         (&Method::GET | &Method::HEAD, true) => {
-            let mut res = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+            let dashboard = backend.dashboard.get().map_or("", String::as_str);
+            let page = PAGE.replace(DASHBOARD_SLOT, dashboard);
+            let mut res = Response::new(Full::new(Bytes::from(page)));
             let headers = res.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,
@@ -405,14 +478,17 @@ mod tests {
 
     #[test]
     fn config_names_both_backends_and_the_listener() {
+        let listen = "127.0.0.1:8080".parse().expect("addr");
         let text = demo_config(
-            "127.0.0.1:8080".parse().expect("addr"),
+            listen,
             [
                 "127.0.0.1:4001".parse().expect("addr"),
                 "127.0.0.1:4002".parse().expect("addr"),
             ],
+            admin_addr(listen),
         );
         assert!(text.contains(r#"addr = "127.0.0.1:8080""#));
+        assert!(text.contains(r#"addr = "127.0.0.1:8081""#));
         assert!(text.contains(r#"servers = ["127.0.0.1:4001", "127.0.0.1:4002"]"#));
     }
 
@@ -424,6 +500,7 @@ mod tests {
                 "127.0.0.1:4001".parse().expect("addr"),
                 "127.0.0.1:4002".parse().expect("addr"),
             ],
+            "127.0.0.1:0".parse().expect("addr"),
         );
         if let Err(err) = Config::from_toml(&text, Path::new("sluice-demo.toml")) {
             panic!("the demo config is refused:\n{err}");
@@ -432,11 +509,14 @@ mod tests {
 
     #[test]
     fn ipv6_listen_address_is_bracketed() {
+        let listen = "[::1]:8080".parse().expect("addr");
         let text = demo_config(
-            "[::1]:8080".parse().expect("addr"),
+            listen,
             ["127.0.0.1:1".parse().expect("addr"); 2],
+            admin_addr(listen),
         );
         assert!(text.contains(r#"addr = "[::1]:8080""#));
+        assert!(text.contains(r#"addr = "[::1]:8081""#));
     }
 
     #[test]
@@ -468,6 +548,7 @@ mod tests {
     #[test]
     fn page_is_self_contained() {
         assert!(PAGE.contains("data-sluice-demo"));
+        assert!(PAGE.contains(DASHBOARD_SLOT));
         assert!(!PAGE.contains("src=\"http"));
         assert!(!PAGE.contains("href=\"http"));
     }

@@ -111,6 +111,16 @@ async fn demo_serves_the_page_and_alternates_backends() {
     );
     assert!(body.contains("<title>sluice demo</title>"), "page: {body}");
     assert!(body.contains("data-sluice-demo"), "page: {body}");
+    // The page links to the live dashboard, which the admin endpoint serves.
+    let admin = demo.admin_addr();
+    assert!(
+        body.contains(&format!("href=\"http://{admin}/\"")),
+        "page: {body}"
+    );
+    let (status, content_type, dashboard) = get_page(admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    assert!(dashboard.contains("status"), "{dashboard}");
 
     let first = echo_once(addr, "x").await;
     let second = echo_once(addr, "x").await;
@@ -118,6 +128,28 @@ async fn demo_serves_the_page_and_alternates_backends() {
     replies.sort();
     assert_eq!(replies, ["backend A: x", "backend B: x"]);
 
+    within("demo stop", demo.stop()).await;
+}
+
+#[tokio::test]
+async fn the_dashboard_goes_next_to_the_proxy_or_anywhere_free() {
+    // A port whose next one is taken.
+    let (listen, _next) = loop {
+        let next = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = next.local_addr().expect("addr").port();
+        let listen: SocketAddr = ([127, 0, 0, 1], port - 1).into();
+        if std::net::TcpListener::bind(listen).is_ok() {
+            break (listen, next);
+        }
+    };
+    let demo = within("demo start", sluice::demo::start(listen))
+        .await
+        .expect("demo starts although the port after it is taken");
+    assert_eq!(demo.addr(), listen);
+    let admin = demo.admin_addr();
+    assert_ne!(admin.port(), listen.port() + 1);
+    let (status, _, _) = get_page(admin).await;
+    assert_eq!(status, StatusCode::OK);
     within("demo stop", demo.stop()).await;
 }
 

@@ -11,6 +11,8 @@ use crate::config::{Config, ConfigError};
 use crate::server::{Running, Server};
 use crate::upstream::PoolError;
 
+mod watchdog;
+
 /// Why sluice could not start. Each renders as one clear line (a config error as its list
 /// of problems, one per line).
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +66,10 @@ pub fn run_from_file(path: &Path) -> Result<(), StartError> {
         let mut signals = Signals::install()?;
         let running = Server::bind(config).await?.start();
         systemd::notify_ready();
+        let watchdog = watchdog::Watchdog::start(running.liveness());
         let stop = serve_signals(&mut signals, &running, path).await;
         tracing::info!(signal = stop, "shutting down");
+        watchdog.stop().await;
         systemd::notify_stopping();
         running.drain().await;
         Ok(())

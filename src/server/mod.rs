@@ -205,11 +205,11 @@ impl Server {
         });
         Running {
             shared: self.shared,
-            state: Mutex::new(RunningState {
+            state: Arc::new(Mutex::new(RunningState {
                 listeners,
                 admin,
                 shutdown_timeout: self.config.proxy.shutdown_timeout,
-            }),
+            })),
         }
     }
 
@@ -225,8 +225,8 @@ impl Server {
 /// A serving proxy: it can take a new config, and be drained.
 pub struct Running {
     shared: Arc<Shared>,
-    /// Touched only by reload and drain, never by the request path.
-    state: Mutex<RunningState>,
+    /// Touched only by reload, drain and the liveness check, never by the request path.
+    state: Arc<Mutex<RunningState>>,
 }
 
 struct RunningState {
@@ -404,6 +404,30 @@ impl Running {
         }
         tracing::info!("stopped");
     }
+
+    /// Whether sluice is still taking connections: not draining, and the accept loop of
+    /// every current listener still running (one a reload closed is no longer current).
+    /// An accept loop ends early only if it panicked; the listener then takes no more
+    /// connections, and a supervisor should restart the process.
+    pub fn accepting(&self) -> bool {
+        accepting(&self.shared, &self.state)
+    }
+
+    /// [`Running::accepting`] as a check that outlives `self`, for a task that watches it
+    /// (the systemd watchdog). It reads `false` once the drain has begun.
+    pub fn liveness(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        let state = Arc::clone(&self.state);
+        move || accepting(&shared, &state)
+    }
+}
+
+fn accepting(shared: &Shared, state: &Mutex<RunningState>) -> bool {
+    if shared.shutdown.is_draining() {
+        return false;
+    }
+    let state = state.lock().unwrap_or_else(|p| p.into_inner());
+    state.listeners.iter().all(|l| !l.accept_loop.is_finished())
 }
 
 /// One listening socket's accept loop, and the settings its new connections get.
@@ -414,6 +438,8 @@ struct ListenerHandle {
     listening: Arc<ArcSwap<Listening>>,
     /// Closes this listener alone (removed by a reload).
     stop: CancellationToken,
+    /// The accept loop, finished only after `stop`, a drain, or a panic.
+    accept_loop: tokio::task::JoinHandle<()>,
 }
 
 impl ListenerHandle {
@@ -423,7 +449,7 @@ impl ListenerHandle {
         tracing::info!(addr = %local, tls, "listening");
         let listening = Arc::new(ArcSwap::from_pointee(listening));
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(
+        let task = tokio::spawn(accept_loop(
             listener,
             Arc::clone(&listening),
             Arc::clone(shared),
@@ -433,6 +459,7 @@ impl ListenerHandle {
             local,
             listening,
             stop,
+            accept_loop: task,
         }
     }
 
@@ -525,4 +552,65 @@ async fn refuse(mut stream: TcpStream, status: StatusCode) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str) -> Config {
+        let toml = format!(
+            "[[listener]]\naddr = \"{listen}\"\n\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n\n\
+             [[route]]\nupstream = \"app\"\n"
+        );
+        Config::from_toml(&toml, std::path::Path::new("test.toml")).expect("valid config")
+    }
+
+    /// A loop a reload closed does not count; one that ended on its own does; a drain
+    /// ends it all.
+    #[tokio::test]
+    async fn accepting_while_every_current_accept_loop_runs() {
+        let running = Server::bind(config("127.0.0.1:0"))
+            .await
+            .expect("bind")
+            .start();
+        let first = running.local_addrs()[0];
+        assert!(running.accepting());
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        running
+            .reload(config(&format!("127.0.0.1:{port}")))
+            .await
+            .expect("reload");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while TcpStream::connect(first).await.is_ok() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the removed listener closes");
+        assert!(running.accepting(), "a listener closed by a reload counts");
+
+        // An accept loop that ends on its own (as a panic would end it).
+        let mut listener = {
+            let mut state = running.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.listeners.remove(0)
+        };
+        listener.accept_loop.abort();
+        let _ = (&mut listener.accept_loop).await;
+        running
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .listeners
+            .push(listener);
+        assert!(!running.accepting(), "a dead accept loop goes unnoticed");
+
+        let alive = running.liveness();
+        running.drain().await;
+        assert!(!alive(), "still accepting after the drain");
+    }
 }

@@ -212,7 +212,11 @@ impl Metrics {
             "Failed connections to an upstream server (refused, timed out, TLS failed)",
             connect_errors.clone(),
         );
-        let reloads = Family::default();
+        let reloads = Family::<ReloadResult, Counter>::default();
+        // Both results from the start, so an alert on `failed` has a series to watch.
+        for result in ["ok", "failed"] {
+            reloads.get_or_create(&ReloadResult { result });
+        }
         registry.register(
             "sluice_config_reloads",
             "Config reloads, by result (ok or failed)",

@@ -454,6 +454,7 @@ websocket = false
     assert_eq!(up["state"], "up");
     assert_eq!(up["open_tunnels"], 2);
     assert_eq!(up["open_requests"], 0);
+    assert_eq!(up["open_connections"], 2);
     assert_eq!(up["addr"], live.addr.to_string());
     let down = server(&doc, "app", &dead.to_string());
     assert_eq!(down["state"], "down_passive");

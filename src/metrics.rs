@@ -215,7 +215,7 @@ impl Metrics {
         let reloads = Family::<ReloadResult, Counter>::default();
         // Both results from the start, so an alert on `failed` has a series to watch.
         for result in ["ok", "failed"] {
-            reloads.get_or_create(&ReloadResult { result });
+            reloads.get_or_create_owned(&ReloadResult { result });
         }
         registry.register(
             "sluice_config_reloads",

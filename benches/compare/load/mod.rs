@@ -6,6 +6,7 @@
 pub mod echo;
 pub mod idle;
 pub mod latency;
+pub mod seq;
 pub mod storm;
 pub mod tls;
 

@@ -446,7 +446,10 @@ fn markdown(
                 let cell = match (p, pick) {
                     (Some(p), 0) => crate::report::number(p.instructions.round()),
                     (Some(p), 1) => format!("{:.1}", p.syscalls),
-                    (Some(p), _) if *kind == Kind::Sluice => format!("{:.1}", p.allocations),
+                    // Rounded first, so that a stray −0.02 shows as 0.0, not −0.0.
+                    (Some(p), _) if *kind == Kind::Sluice => {
+                        format!("{:.1}", (p.allocations * 10.0).round() / 10.0 + 0.0)
+                    }
                     _ => "–".into(),
                 };
                 let _ = write!(row, " {cell} |");

@@ -12,6 +12,7 @@ use crate::server::{Running, Server};
 use crate::upstream::PoolError;
 
 mod watchdog;
+mod workers;
 
 /// Why sluice could not start. Each renders as one clear line (a config error as its list
 /// of problems, one per line).
@@ -62,9 +63,12 @@ pub fn run_from_file(path: &Path) -> Result<(), StartError> {
         Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
         Err(err) => tracing::warn!(cause = %err, "cannot raise the file descriptor limit"),
     }
-    tokio_runtime()?.block_on(async move {
+    let workers =
+        workers::Workers::start(workers::Workers::count()).map_err(StartError::Runtime)?;
+    let handles = workers.handles();
+    let served = tokio_runtime()?.block_on(async move {
         let mut signals = Signals::install()?;
-        let running = Server::bind(config).await?.start();
+        let running = Server::bind_on(config, handles).await?.start();
         systemd::notify_ready();
         let watchdog = watchdog::Watchdog::start(running.liveness());
         let stop = serve_signals(&mut signals, &running, path).await;
@@ -73,7 +77,9 @@ pub fn run_from_file(path: &Path) -> Result<(), StartError> {
         systemd::notify_stopping();
         running.drain().await;
         Ok(())
-    })
+    });
+    workers.stop();
+    served
 }
 
 /// Handles signals until SIGTERM or SIGINT, whose name it returns. A reload runs while

@@ -69,9 +69,12 @@ upstream = "app"
         "ulimit -Sn 16 && ulimit -Hn 48 && exec {bin} run -c {}",
         path.display()
     );
+    // One worker: the test reads the accept queue of the listener's one socket (with a
+    // worker per core, each has a socket of its own and its own queue).
     let child = tokio::process::Command::new("bash")
         .args(["-c", &script])
         .env("RUST_LOG", "info")
+        .env("TOKIO_WORKER_THREADS", "1")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

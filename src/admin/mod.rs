@@ -132,7 +132,11 @@ pub struct Admin {
 
 impl Admin {
     /// Starts serving on an already bound listener.
-    pub fn spawn(listener: TcpListener, configured: SocketAddr, sources: Arc<Sources>) -> Admin {
+    pub fn spawn(
+        listener: std::net::TcpListener,
+        configured: SocketAddr,
+        sources: Arc<Sources>,
+    ) -> Admin {
         let local = listener.local_addr().unwrap_or(configured);
         tracing::info!(addr = %local, "admin listening");
         let stop = CancellationToken::new();
@@ -155,7 +159,18 @@ impl Drop for Admin {
     }
 }
 
-async fn accept_loop(listener: TcpListener, sources: Arc<Sources>, stop: CancellationToken) {
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    sources: Arc<Sources>,
+    stop: CancellationToken,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(cause = %err, "cannot register the admin socket");
+            return;
+        }
+    };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let slot = tokio::select! {

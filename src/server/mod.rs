@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin, ListenerInfo};
@@ -47,9 +48,9 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// A bound, ready-to-run proxy.
 pub struct Server {
     config: Config,
-    listeners: Vec<(TcpListener, Listening)>,
+    listeners: Vec<(std::net::TcpListener, Listening)>,
     /// The `[admin]` listener, bound, with its configured address.
-    admin: Option<(TcpListener, SocketAddr)>,
+    admin: Option<(std::net::TcpListener, SocketAddr)>,
     shared: Arc<Shared>,
 }
 
@@ -89,6 +90,9 @@ struct Shared {
     shutdown: Shutdown,
     /// What the admin endpoint reads (metrics, reload history, listeners).
     admin: Arc<admin::Sources>,
+    /// The runtimes accept loops run on, one `SO_REUSEPORT` socket per listener each;
+    /// empty: one socket, served on the runtime that starts the server.
+    workers: Vec<Handle>,
 }
 
 /// Why a reload was refused. The running config stays in every case.
@@ -116,6 +120,17 @@ impl Server {
     /// # Errors
     /// A hostname does not resolve, or an address cannot be bound.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
+        Server::bind_on(config, Vec::new()).await
+    }
+
+    /// [`Server::bind`], with each listener served by one accept loop per runtime in
+    /// `workers`, on sockets of its own (`SO_REUSEPORT`), so a connection stays on the
+    /// worker that accepted it.
+    ///
+    /// # Errors
+    /// A hostname does not resolve, or an address cannot be bound.
+    pub async fn bind_on(config: Config, workers: Vec<Handle>) -> Result<Server, StartError> {
+        let reuse_port = workers.len() > 1;
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(Arc::clone(&metrics)));
         let resolver = Resolver::new(config.proxy.resolver);
@@ -126,7 +141,7 @@ impl Server {
                 addr: listener.addr,
                 source,
             })?;
-            let bound = bind(listener.addr).map_err(|source| StartError::Bind {
+            let bound = bind(listener.addr, reuse_port).map_err(|source| StartError::Bind {
                 addr: listener.addr,
                 source,
             })?;
@@ -134,7 +149,7 @@ impl Server {
         }
         let admin = match &config.admin {
             Some(cfg) => Some((
-                bind(cfg.addr).map_err(|source| StartError::Bind {
+                bind(cfg.addr, false).map_err(|source| StartError::Bind {
                     addr: cfg.addr,
                     source,
                 })?,
@@ -166,6 +181,7 @@ impl Server {
             registry,
             shutdown,
             admin: Arc::new(sources),
+            workers,
         });
         Ok(Server {
             config,
@@ -313,10 +329,12 @@ impl Running {
                 kept_settings.push(listening);
                 continue;
             }
-            let bound = bind(listening.config.addr).map_err(|source| ReloadError::Bind {
-                addr: listening.config.addr,
-                source,
-            })?;
+            let reuse_port = self.shared.workers.len() > 1;
+            let bound =
+                bind(listening.config.addr, reuse_port).map_err(|source| ReloadError::Bind {
+                    addr: listening.config.addr,
+                    source,
+                })?;
             fresh.push((bound, listening));
         }
         // The admin listener: kept when its address stays, else bound anew before anything
@@ -328,7 +346,7 @@ impl Running {
         };
         let new_admin = match (&config.admin, same_admin) {
             (Some(cfg), false) => Some((
-                bind(cfg.addr).map_err(|source| ReloadError::Bind {
+                bind(cfg.addr, false).map_err(|source| ReloadError::Bind {
                     addr: cfg.addr,
                     source,
                 })?,
@@ -427,7 +445,10 @@ fn accepting(shared: &Shared, state: &Mutex<RunningState>) -> bool {
         return false;
     }
     let state = state.lock().unwrap_or_else(|p| p.into_inner());
-    state.listeners.iter().all(|l| !l.accept_loop.is_finished())
+    state
+        .listeners
+        .iter()
+        .all(|l| l.accept_loops.iter().all(|task| !task.is_finished()))
 }
 
 /// One listening socket's accept loop, and the settings its new connections get.
@@ -438,28 +459,54 @@ struct ListenerHandle {
     listening: Arc<ArcSwap<Listening>>,
     /// Closes this listener alone (removed by a reload).
     stop: CancellationToken,
-    /// The accept loop, finished only after `stop`, a drain, or a panic.
-    accept_loop: tokio::task::JoinHandle<()>,
+    /// The accept loops (one per worker), finished only after `stop`, a drain, or a panic.
+    accept_loops: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ListenerHandle {
-    fn spawn(listener: TcpListener, listening: Listening, shared: &Arc<Shared>) -> ListenerHandle {
+    fn spawn(
+        listener: std::net::TcpListener,
+        listening: Listening,
+        shared: &Arc<Shared>,
+    ) -> ListenerHandle {
         let local = listener.local_addr().unwrap_or(listening.config.addr);
         let tls = listening.tls.is_some();
         tracing::info!(addr = %local, tls, "listening");
         let listening = Arc::new(ArcSwap::from_pointee(listening));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(
-            listener,
-            Arc::clone(&listening),
-            Arc::clone(shared),
-            stop.clone(),
-        ));
+        // One socket per worker: the first is the one bound already; the others join it
+        // on the bound address (port 0 resolved).
+        let mut sockets = vec![listener];
+        for _ in 1..shared.workers.len() {
+            match bind(local, true) {
+                Ok(socket) => sockets.push(socket),
+                Err(err) => {
+                    tracing::warn!(addr = %local, cause = %err, "cannot open a socket for every worker; fewer serve this listener");
+                    break;
+                }
+            }
+        }
+        let accept_loops = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, socket)| {
+                let task = accept_loop(
+                    socket,
+                    Arc::clone(&listening),
+                    Arc::clone(shared),
+                    stop.clone(),
+                );
+                match shared.workers.get(i) {
+                    Some(worker) => worker.spawn(task),
+                    None => tokio::spawn(task),
+                }
+            })
+            .collect();
         ListenerHandle {
             local,
             listening,
             stop,
-            accept_loop: task,
+            accept_loops,
         }
     }
 
@@ -474,12 +521,21 @@ impl ListenerHandle {
     }
 }
 
+/// Accepts until the listener is closed or the drain begins. The socket is registered with
+/// the runtime the loop runs on, so its connections are served there.
 async fn accept_loop(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     listening: Arc<ArcSwap<Listening>>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(addr = %listening.load().config.addr, cause = %err, "cannot register a listening socket");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             () = shared.shutdown.draining() => break,
@@ -521,18 +577,22 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a listening socket: `SO_REUSEADDR` (restart without waiting out TIME_WAIT) and,
 /// for IPv6 addresses, `IPV6_V6ONLY` as nginx does, so `[::]:80` and `0.0.0.0:80` can be
-/// separate listeners.
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// separate listeners. With `reuse_port`, `SO_REUSEPORT` too: one socket per worker on the
+/// same address, the kernel spreading new connections over them.
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Answers `status` and closes, reading (and discarding) for a moment so the answer is not
@@ -599,8 +659,8 @@ mod tests {
             let mut state = running.state.lock().unwrap_or_else(|p| p.into_inner());
             state.listeners.remove(0)
         };
-        listener.accept_loop.abort();
-        let _ = (&mut listener.accept_loop).await;
+        listener.accept_loops[0].abort();
+        let _ = (&mut listener.accept_loops[0]).await;
         running
             .state
             .lock()

@@ -119,21 +119,44 @@ pub async fn open(
     Ok(sender)
 }
 
-/// Idle keep-alive connections to one server, most recently used first out.
+/// How many worker threads keep idle connections apart; workers past it share.
+const SHARDS: usize = 64;
+
+thread_local! {
+    /// The worker thread this is (see `lifecycle`'s workers); 0 elsewhere.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Names the calling thread as worker `n`: the idle connections it returns and takes are
+/// its own, as nginx keeps `keepalive` connections per worker process.
+pub fn set_worker(n: usize) {
+    WORKER.with(|w| w.set(n % SHARDS));
+}
+
+/// Idle keep-alive connections to one server, most recently used first out, kept per
+/// worker thread: a connection's task runs on the worker that opened it, so a request
+/// that reused another worker's connection would wake that thread for every exchange.
 #[derive(Debug)]
 pub struct IdlePool {
-    /// The pool's `keepalive`; a reload may change it.
+    /// The pool's `keepalive`, per worker; a reload may change it.
     max_idle: AtomicUsize,
-    /// A std mutex: held only to push or pop, never across an await.
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    /// Std mutexes: held only to push or pop, never across an await; a worker only
+    /// contends with a reload clearing them.
+    shards: [Mutex<Vec<(Sender, Instant)>>; SHARDS],
 }
 
 impl IdlePool {
     pub fn new(max_idle: usize) -> IdlePool {
         IdlePool {
             max_idle: AtomicUsize::new(max_idle),
-            idle: Mutex::new(Vec::new()),
+            shards: std::array::from_fn(|_| Mutex::new(Vec::new())),
         }
+    }
+
+    /// The calling worker's idle connections.
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(Sender, Instant)>> {
+        let shard = WORKER.with(std::cell::Cell::get) % SHARDS;
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes a new `keepalive` (a reload); extra idle connections go on their next push.
@@ -153,7 +176,7 @@ impl IdlePool {
         if self.max() == 0 {
             return None;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle();
         while let Some((sender, since)) = idle.pop() {
             if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(sender);
@@ -182,7 +205,7 @@ impl IdlePool {
     }
 
     fn push(&self, sender: Sender) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle();
         while !idle.is_empty() && idle.len() >= self.max() {
             // Keep the newest: drop the oldest, whose server is likeliest to close it.
             idle.remove(0);
@@ -192,6 +215,8 @@ impl IdlePool {
 
     /// Closes every idle connection (the server left the pool).
     pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for shard in &self.shards {
+            shard.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
     }
 }

@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::lifecycle::StartError;
-use crate::server::Server;
+use crate::server::{Server, SetupError};
 
 /// The page each backend serves on `GET /`.
 const PAGE: &str = include_str!("demo.html");
@@ -152,7 +152,9 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, StartError> {
     // free port when that one is taken.
     let preferred = admin_addr(listen);
     let server = match bind_demo(listen, backends, preferred).await {
-        Err(StartError::Bind { addr, .. }) if addr == preferred && preferred.port() != 0 => {
+        Err(StartError::Server(SetupError::Bind { addr, .. }))
+            if addr == preferred && preferred.port() != 0 =>
+        {
             bind_demo(listen, backends, SocketAddr::new(preferred.ip(), 0)).await?
         }
         bound => bound?,
@@ -202,7 +204,7 @@ async fn bind_demo(
 ) -> Result<Server, StartError> {
     let text = demo_config(listen, backends, admin);
     let config = Config::from_toml(&text, Path::new("sluice-demo.toml"))?;
-    Server::bind(config).await
+    Ok(Server::bind(config).await?)
 }
 
 /// Where the demo's admin endpoint goes: loopback (it shows the proxy's internals), on the

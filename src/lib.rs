@@ -4,8 +4,10 @@
 //! - [`cli`]: the command line (clap types only).
 //! - [`logging`]: text/JSON log output; the `access` target.
 //! - [`config`]: TOML → validated [`config::Config`], every problem reported with its place.
-//! - [`server`]: listeners, the accept loop, connection limits and per-connection serving
-//!   (head timeout → 408, head size → 431).
+//! - [`server`]: listeners, the accept loops and per-connection serving (head timeout →
+//!   408, head size → 431).
+//! - [`limits`]: connection and tunnel limits, kept for the process's life.
+//! - [`clock`]: the per-connection request clock the socket and the handler share.
 //! - [`proxy`]: the request handler as named phases (route, origin check, pick upstream,
 //!   rewrite, forward, relay or upgrade, log) and its pure protocol rules.
 //! - [`stream`]: plain TCP or TLS over it, one type for every connection.
@@ -23,9 +25,11 @@
 
 pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod lifecycle;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

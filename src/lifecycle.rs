@@ -8,8 +8,7 @@ use std::path::Path;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::{Config, ConfigError};
-use crate::server::{Running, Server};
-use crate::upstream::PoolError;
+use crate::server::{Running, Server, SetupError};
 
 mod watchdog;
 mod workers;
@@ -20,19 +19,15 @@ mod workers;
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// Binding, TLS setup or the upstream pools failed.
+    #[error(transparent)]
+    Server(#[from] SetupError),
+    /// One of `sluice demo`'s own backends could not listen.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: io::Error,
-    },
-    #[error("{0}")]
-    Pool(#[from] PoolError),
-    #[error("listener {addr}: {source}")]
-    Tls {
-        addr: SocketAddr,
-        #[source]
-        source: crate::tls::TlsSetupError,
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),

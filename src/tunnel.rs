@@ -27,9 +27,9 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::limits::{ConnPermit, TunnelPermit};
 use crate::metrics::RouteMetrics;
 use crate::server::head::ClientIo;
-use crate::server::limits::{ConnPermit, TunnelPermit};
 use crate::shutdown::Shutdown;
 use crate::stream::Stream;
 use crate::upstream::Active;

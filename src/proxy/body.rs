@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::clock::{BodyEnd, HeadClock};
 use crate::metrics::RouteMetrics;
-use crate::server::head::{BodyEnd, HeadClock};
 use crate::upstream::connect::{IdlePool, Sender};
 use crate::upstream::Active;
 
@@ -116,7 +116,7 @@ impl RequestBody {
     }
 }
 
-/// Why a client's body failed: the socket's body timer ([`crate::server::head`])
+/// Why a client's body failed: the socket's body timer ([`crate::clock`])
 /// fails reads with `TimedOut`; anything else is the client's broken framing or a
 /// connection closed mid-body.
 fn body_failure(err: &hyper::Error) -> BodyEnd {

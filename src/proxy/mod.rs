@@ -23,11 +23,10 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Incoming};
 use ipnet::IpNet;
 
+use crate::clock::{BodyEnd, HeadClock};
 use crate::config::Config;
+use crate::limits::{ConnPermit, Limits};
 use crate::metrics::{Rejection, RouteMetrics, NO_ROUTE};
-use crate::server::head::BodyEnd;
-use crate::server::head::HeadClock;
-use crate::server::limits::{ConnPermit, Limits};
 use crate::shutdown::Shutdown;
 use crate::upstream::connect::{self, ConnectError, Sender};
 use crate::upstream::resolve::Resolver;

@@ -9,8 +9,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::head::{ClientIo, Timeouts};
-use super::limits::{ConnPermit, Limits};
 use super::Listening;
+use crate::limits::{ConnPermit, Limits};
 use crate::proxy::{self, ConnContext, Runtime};
 use crate::shutdown::Shutdown;
 use crate::stream::Stream;

@@ -7,7 +7,6 @@
 
 pub mod conn;
 pub mod head;
-pub mod limits;
 
 use std::future::Future;
 use std::io;
@@ -24,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin, ListenerInfo};
 use crate::config::{Config, ListenerConfig};
-use crate::lifecycle::StartError;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::error::raw_close_response;
 use crate::proxy::Runtime;
@@ -33,7 +32,6 @@ use crate::shutdown::Shutdown;
 use crate::tls::TlsSetupError;
 use crate::upstream::resolve::Resolver;
 use crate::upstream::Registry;
-use limits::Limits;
 use tokio_rustls::TlsAcceptor;
 
 /// How long a refused connection (over a limit) is kept open to read and discard what the
@@ -95,9 +93,10 @@ struct Shared {
     workers: Vec<Handle>,
 }
 
-/// Why a reload was refused. The running config stays in every case.
+/// Why the server could not start, or could not take a new config (a reload; the running
+/// config stays in every case).
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub enum SetupError {
     #[error("{0}")]
     Pool(#[from] crate::upstream::PoolError),
     #[error("cannot listen on {addr}: {source}")]
@@ -119,7 +118,7 @@ impl Server {
     ///
     /// # Errors
     /// A hostname does not resolve, or an address cannot be bound.
-    pub async fn bind(config: Config) -> Result<Server, StartError> {
+    pub async fn bind(config: Config) -> Result<Server, SetupError> {
         Server::bind_on(config, Vec::new()).await
     }
 
@@ -129,7 +128,7 @@ impl Server {
     ///
     /// # Errors
     /// A hostname does not resolve, or an address cannot be bound.
-    pub async fn bind_on(config: Config, workers: Vec<Handle>) -> Result<Server, StartError> {
+    pub async fn bind_on(config: Config, workers: Vec<Handle>) -> Result<Server, SetupError> {
         let reuse_port = workers.len() > 1;
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(Arc::clone(&metrics)));
@@ -137,11 +136,11 @@ impl Server {
         let runtime = Runtime::build(&config, &registry, &resolver, None).await?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
-            let listening = Listening::new(listener).map_err(|source| StartError::Tls {
+            let listening = Listening::new(listener).map_err(|source| SetupError::Tls {
                 addr: listener.addr,
                 source,
             })?;
-            let bound = bind(listener.addr, reuse_port).map_err(|source| StartError::Bind {
+            let bound = bind(listener.addr, reuse_port).map_err(|source| SetupError::Bind {
                 addr: listener.addr,
                 source,
             })?;
@@ -149,7 +148,7 @@ impl Server {
         }
         let admin = match &config.admin {
             Some(cfg) => Some((
-                bind(cfg.addr, false).map_err(|source| StartError::Bind {
+                bind(cfg.addr, false).map_err(|source| SetupError::Bind {
                     addr: cfg.addr,
                     source,
                 })?,
@@ -288,7 +287,7 @@ impl Running {
     ///
     /// # Errors
     /// A hostname does not resolve or a new address cannot be bound; then nothing changes.
-    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+    pub async fn reload(&self, config: Config) -> Result<(), SetupError> {
         let source = config.source.clone();
         let result = self.take_over(config).await;
         match &result {
@@ -301,7 +300,7 @@ impl Running {
         result
     }
 
-    async fn take_over(&self, config: Config) -> Result<(), ReloadError> {
+    async fn take_over(&self, config: Config) -> Result<(), SetupError> {
         let resolver = Resolver::new(config.proxy.resolver);
         let previous = self.shared.runtime.load_full();
         let runtime = Arc::new(
@@ -311,7 +310,7 @@ impl Running {
         // leaves everything as it was.
         let mut built = Vec::with_capacity(config.listeners.len());
         for cfg in &config.listeners {
-            let listening = Listening::new(cfg).map_err(|source| ReloadError::Tls {
+            let listening = Listening::new(cfg).map_err(|source| SetupError::Tls {
                 addr: cfg.addr,
                 source,
             })?;
@@ -331,7 +330,7 @@ impl Running {
             }
             let reuse_port = self.shared.workers.len() > 1;
             let bound =
-                bind(listening.config.addr, reuse_port).map_err(|source| ReloadError::Bind {
+                bind(listening.config.addr, reuse_port).map_err(|source| SetupError::Bind {
                     addr: listening.config.addr,
                     source,
                 })?;
@@ -346,7 +345,7 @@ impl Running {
         };
         let new_admin = match (&config.admin, same_admin) {
             (Some(cfg), false) => Some((
-                bind(cfg.addr, false).map_err(|source| ReloadError::Bind {
+                bind(cfg.addr, false).map_err(|source| SetupError::Bind {
                     addr: cfg.addr,
                     source,
                 })?,

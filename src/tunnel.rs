@@ -94,8 +94,7 @@ impl Tunnel {
         let start = Instant::now();
         self.metrics.tunnel_opened();
         let activity = Activity {
-            start,
-            last_ms: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         };
         let mut copy = Copy {
             client,
@@ -146,30 +145,45 @@ fn upstream_socket(upgraded: Upgraded) -> Option<(Stream, Bytes)> {
     Some((parts.io.into_inner(), parts.read_buf))
 }
 
-/// When a byte last moved in either direction, in milliseconds since the tunnel opened.
+/// Whether bytes moved, for the idle timeout: each read bumps a counter, and the idle
+/// timer looks at it every `timeout / IDLE_CHECKS`. No clock is read per read.
 struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
+    reads: AtomicU64,
 }
+
+/// How many times per `idle_timeout` the idle timer looks for movement: a silent tunnel is
+/// closed between `idle_timeout` and `idle_timeout * (1 + 1 / IDLE_CHECKS)` after its last
+/// byte, and a tunnel costs `IDLE_CHECKS` timer wake-ups per `idle_timeout`.
+const IDLE_CHECKS: u32 = 16;
 
 impl Activity {
     fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Resolves once nothing has moved for `timeout`. A timeout too large for the clock
     /// never fires.
     async fn idle(&self, timeout: Duration) {
+        let step = (timeout / IDLE_CHECKS).max(Duration::from_millis(1));
+        let mut seen = self.reads.load(Ordering::Relaxed);
+        // A check that sees movement comes after it, so the quiet time measured from here
+        // is never longer than the real one: the tunnel is never closed early.
+        let mut quiet_since = Instant::now();
         loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let Some(deadline) = self.start.checked_add(last.saturating_add(timeout)) else {
+            let Some(deadline) = quiet_since.checked_add(timeout) else {
                 return std::future::pending().await;
             };
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return;
             }
-            tokio::time::sleep_until(deadline).await;
+            let next = now.checked_add(step).map_or(deadline, |t| t.min(deadline));
+            tokio::time::sleep_until(next).await;
+            let reads = self.reads.load(Ordering::Relaxed);
+            if reads != seen {
+                seen = reads;
+                quiet_since = Instant::now();
+            }
         }
     }
 }

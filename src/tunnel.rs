@@ -15,9 +15,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -103,18 +103,40 @@ impl Tunnel {
             down: Direction::new(from_upstream, &self.metrics.bytes_out),
             activity: &activity,
             metrics: &self.metrics,
+            up_done: false,
+            down_done: false,
         };
-        let end = tokio::select! {
-            result = &mut copy => match result {
-                Ok(()) => End::Closed,
-                Err(err) => {
-                    tracing::debug!(client = %self.client, route = &*self.route, cause = %err, "tunnel ended with an error");
-                    End::Error
+        let idle = activity.idle(self.idle_timeout);
+        let cut = shutdown.cut();
+        tokio::pin!(idle, cut);
+        let mut wakes: Option<Wakes> = None;
+        let end = std::future::poll_fn(|cx| {
+            let wakes = match &mut wakes {
+                Some(wakes) if wakes.task.will_wake(cx.waker()) => wakes,
+                // First poll, or the task's waker changed: register everything anew.
+                slot => slot.insert(Wakes::new(cx.waker())),
+            };
+            match copy.poll(wakes) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(End::Closed)),
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => {}
+            }
+            if Wakes::take(&wakes.timers.0) {
+                let mut cx = Context::from_waker(&wakes.timers.1);
+                if cut.as_mut().poll(&mut cx).is_ready() {
+                    return Poll::Ready(Ok(End::Shutdown));
                 }
-            },
-            () = activity.idle(self.idle_timeout) => End::Idle,
-            () = shutdown.cut() => End::Shutdown,
-        };
+                if idle.as_mut().poll(&mut cx).is_ready() {
+                    return Poll::Ready(Ok(End::Idle));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+        .unwrap_or_else(|err| {
+            tracing::debug!(client = %self.client, route = &*self.route, cause = %err, "tunnel ended with an error");
+            End::Error
+        });
         self.metrics.tunnel_closed(start.elapsed());
         tracing::info!(
             target: "access",
@@ -311,31 +333,113 @@ struct Copy<'a> {
     down: Direction,
     activity: &'a Activity,
     metrics: &'a RouteMetrics,
+    up_done: bool,
+    down_done: bool,
 }
 
-impl Future for Copy<'_> {
-    type Output = io::Result<()>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let up = this.up.poll(
-            cx,
-            &mut this.client,
-            &mut this.upstream,
-            this.activity,
-            &this.metrics.bytes_in,
-        )?;
-        let down = this.down.poll(
-            cx,
-            &mut this.upstream,
-            &mut this.client,
-            this.activity,
-            &this.metrics.bytes_out,
-        )?;
-        if up.is_ready() && down.is_ready() {
+impl Copy<'_> {
+    /// Polls the directions whose sockets woke the task (both at first). Over TLS, a read
+    /// may also write (and register the write side's waker), so any wake-up polls both.
+    fn poll(&mut self, wakes: &Wakes) -> Poll<io::Result<()>> {
+        let mut up = Wakes::take(&wakes.up.0);
+        let mut down = Wakes::take(&wakes.down.0);
+        if !matches!(
+            (&self.client, &self.upstream),
+            (Stream::Plain(_), Stream::Plain(_))
+        ) {
+            up |= down;
+            down = up;
+        }
+        if up && !self.up_done {
+            let mut cx = Context::from_waker(&wakes.up.1);
+            let poll = self.up.poll(
+                &mut cx,
+                &mut self.client,
+                &mut self.upstream,
+                self.activity,
+                &self.metrics.bytes_in,
+            );
+            match poll {
+                Poll::Ready(Ok(())) => self.up_done = true,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => {}
+            }
+        }
+        if down && !self.down_done {
+            let mut cx = Context::from_waker(&wakes.down.1);
+            let poll = self.down.poll(
+                &mut cx,
+                &mut self.upstream,
+                &mut self.client,
+                self.activity,
+                &self.metrics.bytes_out,
+            );
+            match poll {
+                Poll::Ready(Ok(())) => self.down_done = true,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => {}
+            }
+        }
+        if self.up_done && self.down_done {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
+    }
+}
+
+/// Why the tunnel's task was woken, so that a wake-up polls only what caused it: a
+/// direction whose sockets had no event is not polled (its wakers stay registered), nor
+/// are the idle timer and the shutdown cut unless they fired.
+struct Wakes {
+    /// The task's own waker, which every flag wakes after setting itself.
+    task: Waker,
+    /// The client's read side or the upstream's write side.
+    up: (Arc<Flag>, Waker),
+    /// The upstream's read side or the client's write side.
+    down: (Arc<Flag>, Waker),
+    /// The idle timer or the shutdown cut.
+    timers: (Arc<Flag>, Waker),
+}
+
+impl Wakes {
+    /// All flags start set: the first poll registers everything.
+    fn new(task: &Waker) -> Wakes {
+        let flag = || {
+            let flag = Arc::new(Flag {
+                set: AtomicBool::new(true),
+                task: task.clone(),
+            });
+            let waker = Waker::from(Arc::clone(&flag));
+            (flag, waker)
+        };
+        Wakes {
+            task: task.clone(),
+            up: flag(),
+            down: flag(),
+            timers: flag(),
+        }
+    }
+
+    /// Whether the flag was set, clearing it.
+    fn take(flag: &Flag) -> bool {
+        flag.set.load(Ordering::Relaxed) && flag.set.swap(false, Ordering::Acquire)
+    }
+}
+
+/// A waker that records that it was used, then wakes the task.
+struct Flag {
+    set: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.set.store(true, Ordering::Release);
+        self.task.wake_by_ref();
     }
 }

@@ -9,15 +9,26 @@
 //! `TcpStream`s first, and the bytes hyper had already read past each head (RFC 9931: what
 //! the client sent right after its handshake, or the server right after its `101`) are
 //! forwarded before anything else, so nothing is lost.
+//!
+//! Why the loop is shaped this way, measured with callgrind per 64 B echo through one
+//! tunnel (client → sluice → echo backend and back; 6 system calls either way):
+//! - No clock read per read: the idle timeout counts reads and looks at the count 16 times
+//!   per `idle_timeout` (7,164 → 6,959 instructions).
+//! - One waker per wake-up reason while bytes move: a wake-up polls only the direction
+//!   whose socket fired, and the idle timer and shutdown cut only when they fired, instead
+//!   of `select!` polling everything (6,959 → 5,735). Over TLS both directions are polled.
+//! - An idle tunnel drops those wakers (they cost memory per tunnel) and goes back to the
+//!   task's own waker. What is left per echo is tokio's: task poll and wake-up, the timer
+//!   driver's clock reads on each park, and readiness registration.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -94,8 +105,7 @@ impl Tunnel {
         let start = Instant::now();
         self.metrics.tunnel_opened();
         let activity = Activity {
-            start,
-            last_ms: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         };
         let mut copy = Copy {
             client,
@@ -104,18 +114,60 @@ impl Tunnel {
             down: Direction::new(from_upstream, &self.metrics.bytes_out),
             activity: &activity,
             metrics: &self.metrics,
+            up_done: false,
+            down_done: false,
         };
-        let end = tokio::select! {
-            result = &mut copy => match result {
-                Ok(()) => End::Closed,
-                Err(err) => {
-                    tracing::debug!(client = %self.client, route = &*self.route, cause = %err, "tunnel ended with an error");
-                    End::Error
+        let idle = activity.idle(self.idle_timeout);
+        let cut = shutdown.cut();
+        tokio::pin!(idle, cut);
+        // While bytes move, one waker per wake-up reason; an idle tunnel goes back to the
+        // task's own waker (polling everything on a wake-up), so it holds no more memory.
+        let mut wakes: Option<Box<Wakes>> = None;
+        // `activity.reads` when the tunnel last went idle, and at the idle timer's last tick.
+        let mut quiet_reads = 0;
+        let mut tick_reads = 0;
+        let end = std::future::poll_fn(|cx| {
+            let reads = activity.reads.load(Ordering::Relaxed);
+            let stale = wakes.as_ref().is_some_and(|w| !w.task.will_wake(cx.waker()));
+            if stale || (wakes.is_none() && reads != quiet_reads) {
+                // All flags start set, so everything is polled (and registered) now.
+                wakes = Some(Box::new(Wakes::new(cx.waker())));
+            }
+            if let Poll::Ready(result) = copy.poll(cx, wakes.as_deref()) {
+                return Poll::Ready(result.map(|()| End::Closed));
+            }
+            let timers = match wakes.as_deref() {
+                Some(w) => Wakes::take(&w.timers.0),
+                None => true,
+            };
+            if !timers {
+                return Poll::Pending;
+            }
+            let reads = activity.reads.load(Ordering::Relaxed);
+            if wakes.is_some() && reads == tick_reads {
+                // Nothing moved since the idle timer's last tick: back to the task's
+                // waker, which everything registers with again right now.
+                wakes = None;
+                quiet_reads = reads;
+                if let Poll::Ready(result) = copy.poll(cx, None) {
+                    return Poll::Ready(result.map(|()| End::Closed));
                 }
-            },
-            () = activity.idle(self.idle_timeout) => End::Idle,
-            () = shutdown.cut() => End::Shutdown,
-        };
+            }
+            tick_reads = reads;
+            let mut cx = Context::from_waker(wakes.as_deref().map_or(cx.waker(), |w| &w.timers.1));
+            if cut.as_mut().poll(&mut cx).is_ready() {
+                return Poll::Ready(Ok(End::Shutdown));
+            }
+            if idle.as_mut().poll(&mut cx).is_ready() {
+                return Poll::Ready(Ok(End::Idle));
+            }
+            Poll::Pending
+        })
+        .await
+        .unwrap_or_else(|err| {
+            tracing::debug!(client = %self.client, route = &*self.route, cause = %err, "tunnel ended with an error");
+            End::Error
+        });
         self.metrics.tunnel_closed(start.elapsed());
         tracing::info!(
             target: "access",
@@ -146,30 +198,54 @@ fn upstream_socket(upgraded: Upgraded) -> Option<(Stream, Bytes)> {
     Some((parts.io.into_inner(), parts.read_buf))
 }
 
-/// When a byte last moved in either direction, in milliseconds since the tunnel opened.
+/// Whether bytes moved, for the idle timeout: each read bumps a counter, and the idle
+/// timer looks at it every `timeout / IDLE_CHECKS`. No clock is read per read.
 struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
+    reads: AtomicU64,
 }
+
+/// How many times per `idle_timeout` the idle timer looks for movement: a silent tunnel is
+/// closed between `idle_timeout` and `idle_timeout * (1 + 1 / IDLE_CHECKS)` after its last
+/// byte, and a tunnel costs `IDLE_CHECKS` timer wake-ups per `idle_timeout`.
+const IDLE_CHECKS: u32 = 16;
 
 impl Activity {
     fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Resolves once nothing has moved for `timeout`. A timeout too large for the clock
     /// never fires.
     async fn idle(&self, timeout: Duration) {
+        if timeout.is_zero() {
+            return;
+        }
+        let step = (timeout / IDLE_CHECKS).max(Duration::from_millis(1));
+        if Instant::now().checked_add(timeout).is_none() {
+            return std::future::pending().await;
+        }
+        let mut seen = self.reads.load(Ordering::Relaxed);
+        // Ticks in a row that saw nothing move. A tick that sees movement comes after it,
+        // so the tunnel is never closed early, and at most one `step` late.
+        let mut quiet = 0;
+        let sleep = tokio::time::sleep(step);
+        tokio::pin!(sleep);
         loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let Some(deadline) = self.start.checked_add(last.saturating_add(timeout)) else {
+            sleep.as_mut().await;
+            let reads = self.reads.load(Ordering::Relaxed);
+            if reads == seen {
+                quiet += 1;
+                if quiet * step >= timeout {
+                    return;
+                }
+            } else {
+                seen = reads;
+                quiet = 0;
+            }
+            let Some(next) = sleep.deadline().checked_add(step) else {
                 return std::future::pending().await;
             };
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
+            sleep.as_mut().reset(next);
         }
     }
 }
@@ -297,31 +373,115 @@ struct Copy<'a> {
     down: Direction,
     activity: &'a Activity,
     metrics: &'a RouteMetrics,
+    up_done: bool,
+    down_done: bool,
 }
 
-impl Future for Copy<'_> {
-    type Output = io::Result<()>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let up = this.up.poll(
-            cx,
-            &mut this.client,
-            &mut this.upstream,
-            this.activity,
-            &this.metrics.bytes_in,
-        )?;
-        let down = this.down.poll(
-            cx,
-            &mut this.upstream,
-            &mut this.client,
-            this.activity,
-            &this.metrics.bytes_out,
-        )?;
-        if up.is_ready() && down.is_ready() {
+impl Copy<'_> {
+    /// Polls the directions whose sockets woke the task (all of them without `wakes`, or
+    /// when the flags are new). Over TLS, a read may also write (and register the write
+    /// side's waker), so there any wake-up polls both.
+    fn poll(&mut self, cx: &mut Context<'_>, wakes: Option<&Wakes>) -> Poll<io::Result<()>> {
+        let (mut up, mut down) = wakes.map_or((true, true), |w| {
+            (Wakes::take(&w.up.0), Wakes::take(&w.down.0))
+        });
+        if !matches!(
+            (&self.client, &self.upstream),
+            (Stream::Plain(_), Stream::Plain(_))
+        ) {
+            up |= down;
+            down = up;
+        }
+        if up && !self.up_done {
+            let mut cx = Context::from_waker(wakes.map_or(cx.waker(), |w| &w.up.1));
+            let poll = self.up.poll(
+                &mut cx,
+                &mut self.client,
+                &mut self.upstream,
+                self.activity,
+                &self.metrics.bytes_in,
+            );
+            match poll {
+                Poll::Ready(Ok(())) => self.up_done = true,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => {}
+            }
+        }
+        if down && !self.down_done {
+            let mut cx = Context::from_waker(wakes.map_or(cx.waker(), |w| &w.down.1));
+            let poll = self.down.poll(
+                &mut cx,
+                &mut self.upstream,
+                &mut self.client,
+                self.activity,
+                &self.metrics.bytes_out,
+            );
+            match poll {
+                Poll::Ready(Ok(())) => self.down_done = true,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => {}
+            }
+        }
+        if self.up_done && self.down_done {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
+    }
+}
+
+/// Why the tunnel's task was woken, so that a wake-up polls only what caused it: a
+/// direction whose sockets had no event is not polled (its wakers stay registered), nor
+/// are the idle timer and the shutdown cut unless they fired.
+struct Wakes {
+    /// The task's own waker, which every flag wakes after setting itself.
+    task: Waker,
+    /// The client's read side or the upstream's write side.
+    up: (Arc<Flag>, Waker),
+    /// The upstream's read side or the client's write side.
+    down: (Arc<Flag>, Waker),
+    /// The idle timer or the shutdown cut.
+    timers: (Arc<Flag>, Waker),
+}
+
+impl Wakes {
+    /// All flags start set: the first poll registers everything.
+    fn new(task: &Waker) -> Wakes {
+        let flag = || {
+            let flag = Arc::new(Flag {
+                set: AtomicBool::new(true),
+                task: task.clone(),
+            });
+            let waker = Waker::from(Arc::clone(&flag));
+            (flag, waker)
+        };
+        Wakes {
+            task: task.clone(),
+            up: flag(),
+            down: flag(),
+            timers: flag(),
+        }
+    }
+
+    /// Whether the flag was set, clearing it.
+    fn take(flag: &Flag) -> bool {
+        flag.set.load(Ordering::Relaxed) && flag.set.swap(false, Ordering::Acquire)
+    }
+}
+
+/// A waker that records that it was used, then wakes the task.
+struct Flag {
+    set: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.set.store(true, Ordering::Release);
+        self.task.wake_by_ref();
     }
 }

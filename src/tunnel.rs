@@ -5,10 +5,11 @@
 //! Tunnels are long-lived and mostly idle, so an idle tunnel holds no buffer: the copy
 //! waits for readiness on the raw sockets, then reads into a per-thread scratch buffer and
 //! writes straight on. Only bytes the destination could not take yet are kept, in a buffer
-//! of their own that is freed once written. hyper's `Upgraded` is unwrapped to the plain
-//! `TcpStream`s first, and the bytes hyper had already read past each head (RFC 9931: what
-//! the client sent right after its handshake, or the server right after its `101`) are
-//! forwarded before anything else, so nothing is lost.
+//! of their own that is freed once written. The tunnel gets both sides as plain streams
+//! (hyper's `Upgraded` unwrapped by their owners, [`crate::server`] and
+//! [`crate::upstream::connect`]) with the bytes hyper had already read past each head
+//! (RFC 9931: what the client sent right after its handshake, or the server right after
+//! its `101`), which are forwarded before anything else, so nothing is lost.
 //!
 //! Why the loop is shaped this way, measured with callgrind per 64 B echo through one
 //! tunnel (client → sluice → echo backend and back; 6 system calls either way):
@@ -32,15 +33,12 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::limits::{ConnPermit, TunnelPermit};
 use crate::metrics::RouteMetrics;
-use crate::server::head::ClientIo;
 use crate::shutdown::Shutdown;
 use crate::stream::Stream;
 use crate::upstream::Active;
@@ -86,22 +84,13 @@ impl End {
 }
 
 impl Tunnel {
-    /// Waits for both upgrades, then copies until the tunnel ends, and logs it.
-    pub async fn run(self, client: OnUpgrade, upstream: OnUpgrade, shutdown: Shutdown) {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(both) => both,
-            Err(err) => {
-                tracing::debug!(client = %self.client, route = &*self.route, cause = %err, "upgrade did not complete");
-                return;
-            }
-        };
-        let (Some((client, from_client)), Some((upstream, from_upstream))) =
-            (client_socket(client), upstream_socket(upstream))
-        else {
-            // Both types are fixed by this crate; reaching this is a bug, not a peer's doing.
-            tracing::error!(client = %self.client, route = &*self.route, "tunnel sockets are not plain TCP");
-            return;
-        };
+    /// Copies between the two sides until the tunnel ends, and logs it.
+    pub async fn run(
+        self,
+        (client, from_client): (Stream, Bytes),
+        (upstream, from_upstream): (Stream, Bytes),
+        shutdown: Shutdown,
+    ) {
         let start = Instant::now();
         self.metrics.tunnel_opened();
         let activity = Activity {
@@ -184,18 +173,6 @@ impl Tunnel {
             end = end.as_str(),
         );
     }
-}
-
-/// The client's socket and the bytes hyper read past the handshake.
-fn client_socket(upgraded: Upgraded) -> Option<(Stream, Bytes)> {
-    let parts = upgraded.downcast::<TokioIo<ClientIo>>().ok()?;
-    Some((parts.io.into_inner().into_stream(), parts.read_buf))
-}
-
-/// The upstream's socket and the bytes hyper read past its `101`.
-fn upstream_socket(upgraded: Upgraded) -> Option<(Stream, Bytes)> {
-    let parts = upgraded.downcast::<TokioIo<Stream>>().ok()?;
-    Some((parts.io.into_inner(), parts.read_buf))
 }
 
 /// Whether bytes moved, for the idle timeout: each read bumps a counter, and the idle

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::limits::{ConnPermit, Limits};
 use crate::metrics::{Rejection, RouteMetrics, NO_ROUTE};
 use crate::shutdown::Shutdown;
+use crate::stream::Stream;
 use crate::upstream::connect::{self, ConnectError, Sender};
 use crate::upstream::resolve::Resolver;
 use crate::upstream::{
@@ -127,6 +128,8 @@ pub struct ConnContext {
     pub permit: Arc<ConnPermit>,
     /// For `max_tunnels_per_ip`.
     pub limits: Arc<Limits>,
+    /// Unwraps the client's connection once it upgraded: the server knows its type.
+    pub client_socket: fn(hyper::upgrade::Upgraded) -> Option<(Stream, bytes::Bytes)>,
 }
 
 /// What the handler learnt about a request on its way, for the metrics.
@@ -428,8 +431,25 @@ async fn forward<'r>(
             tunnel_permit,
             active: active.into_tunnel(),
         };
-        conn.shutdown
-            .spawn(tunnel.run(client_upgrade, upstream_upgrade, conn.shutdown.clone()));
+        let client_socket = conn.client_socket;
+        let shutdown = conn.shutdown.clone();
+        conn.shutdown.spawn(async move {
+            // Both sides switch once hyper has written and read the `101`.
+            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok(both) => both,
+                Err(err) => {
+                    tracing::debug!(client = %tunnel.client, route = &*tunnel.route, cause = %err, "upgrade did not complete");
+                    return;
+                }
+            };
+            let (Some(client), Some(upstream)) =
+                (client_socket(client), connect::upgraded_socket(upstream))
+            else {
+                tracing::error!(client = %tunnel.client, route = &*tunnel.route, "tunnel sockets are not sluice's own");
+                return;
+            };
+            tunnel.run(client, upstream, shutdown).await;
+        });
         return Ok(Response::from_parts(parts, ResponseBody::empty()));
     }
 

@@ -73,6 +73,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         permit: Arc::new(permit),
         limits,
+        client_socket: ClientIo::upgraded_socket,
     });
     let service = service_fn(move |req| {
         let context = Arc::clone(&context);

@@ -104,6 +104,15 @@ impl ClientIo {
         self.stream
     }
 
+    /// The client's socket and the bytes hyper read past the handshake, once the
+    /// connection upgraded; `None` if it is not one of ours (a bug, not a peer's doing).
+    pub fn upgraded_socket(upgraded: hyper::upgrade::Upgraded) -> Option<(Stream, bytes::Bytes)> {
+        let parts = upgraded
+            .downcast::<hyper_util::rt::TokioIo<ClientIo>>()
+            .ok()?;
+        Some((parts.io.into_inner().into_stream(), parts.read_buf))
+    }
+
     /// Sets the read timer to `timeout` from now, once per wait, and polls it.
     fn read_timer_fired(&mut self, timeout: Duration, cx: &mut Context<'_>) -> bool {
         if !self.read_armed {

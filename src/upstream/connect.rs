@@ -133,6 +133,13 @@ pub fn set_worker(n: usize) {
     WORKER.with(|w| w.set(n % SHARDS));
 }
 
+/// The server's socket and the bytes hyper read past its `101`, once the connection
+/// upgraded; `None` if the connection is not one of ours (a bug, not a peer's doing).
+pub fn upgraded_socket(upgraded: hyper::upgrade::Upgraded) -> Option<(Stream, bytes::Bytes)> {
+    let parts = upgraded.downcast::<TokioIo<Stream>>().ok()?;
+    Some((parts.io.into_inner(), parts.read_buf))
+}
+
 /// Idle keep-alive connections to one server, most recently used first out, kept per
 /// worker thread: a connection's task runs on the worker that opened it, so a request
 /// that reused another worker's connection would wake that thread for every exchange.

@@ -172,6 +172,58 @@ upstream = "app"
     drop(taken);
 }
 
+/// With a worker per core, each worker has its own `SO_REUSEPORT` socket on a listener's
+/// address; a second sluice on the same address must still be refused, not share it.
+#[tokio::test]
+async fn a_second_sluice_on_the_same_address_exits_1() {
+    let backend = named_backend("x").await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let config = format!(
+        r#"
+[[listener]]
+addr = "{addr}"
+
+[upstream.app]
+servers = ["{}"]
+
+[[route]]
+upstream = "app"
+"#,
+        backend.addr
+    );
+    let path = temp_config("twice", &config);
+    let start = |workers: &str| {
+        let bin = env!("CARGO_BIN_EXE_sluice");
+        tokio::process::Command::new(bin)
+            .args(["run", "-c", path.to_str().unwrap()])
+            .env("TOKIO_WORKER_THREADS", workers)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn sluice")
+    };
+    let mut first = Daemon {
+        child: start("2"),
+        cmd: "sluice run (first, 2 workers)".into(),
+    };
+    first.wait_listening(addr).await;
+    let second = Daemon {
+        child: start("2"),
+        cmd: "sluice run (second, 2 workers)".into(),
+    };
+    let exit = second.wait_exit(WAIT).await;
+    assert_eq!(exit.code, Some(1), "{exit}");
+    assert!(exit.stderr.contains("in use"), "{exit}");
+    // The first one still serves.
+    let r = http_get(addr, "h", "/").await;
+    assert_eq!(r.status, 200);
+    first.sigterm();
+    let exit = first.wait_exit(WAIT).await;
+    assert_eq!(exit.code, Some(0), "{exit}");
+}
+
 #[tokio::test]
 async fn json_log_format_writes_json_lines_with_an_access_line() {
     let backend = ws_echo_backend().await;

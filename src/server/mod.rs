@@ -140,10 +140,11 @@ impl Server {
                 addr: listener.addr,
                 source,
             })?;
-            let bound = bind(listener.addr, reuse_port).map_err(|source| SetupError::Bind {
-                addr: listener.addr,
-                source,
-            })?;
+            let bound =
+                bind_first(listener.addr, reuse_port).map_err(|source| SetupError::Bind {
+                    addr: listener.addr,
+                    source,
+                })?;
             listeners.push((bound, listening));
         }
         let admin = match &config.admin {
@@ -329,11 +330,12 @@ impl Running {
                 continue;
             }
             let reuse_port = self.shared.workers.len() > 1;
-            let bound =
-                bind(listening.config.addr, reuse_port).map_err(|source| SetupError::Bind {
+            let bound = bind_first(listening.config.addr, reuse_port).map_err(|source| {
+                SetupError::Bind {
                     addr: listening.config.addr,
                     source,
-                })?;
+                }
+            })?;
             fresh.push((bound, listening));
         }
         // The admin listener: kept when its address stays, else bound anew before anything
@@ -574,11 +576,18 @@ async fn accept_loop(
 /// (the kernel caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// Binds a listening socket: `SO_REUSEADDR` (restart without waiting out TIME_WAIT) and,
-/// for IPv6 addresses, `IPV6_V6ONLY` as nginx does, so `[::]:80` and `0.0.0.0:80` can be
-/// separate listeners. With `reuse_port`, `SO_REUSEPORT` too: one socket per worker on the
-/// same address, the kernel spreading new connections over them.
-fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+/// Binds a listener's first socket. With `reuse_port` the address is first bound once
+/// without `SO_REUSEPORT`: that fails while anything else listens there (another sluice
+/// included), which `SO_REUSEPORT` alone would let it share.
+fn bind_first(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    if reuse_port && addr.port() != 0 {
+        drop(bind_socket(addr, false)?);
+    }
+    bind(addr, reuse_port)
+}
+
+/// A socket bound to `addr`, not listening yet, with the options every listener has.
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -588,8 +597,17 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener>
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Binds a listening socket: `SO_REUSEADDR` (restart without waiting out TIME_WAIT) and,
+/// for IPv6 addresses, `IPV6_V6ONLY` as nginx does, so `[::]:80` and `0.0.0.0:80` can be
+/// separate listeners. With `reuse_port`, `SO_REUSEPORT` too: one socket per worker on the
+/// same address, the kernel spreading new connections over them.
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = bind_socket(addr, reuse_port)?;
+    socket.set_nonblocking(true)?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }

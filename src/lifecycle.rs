@@ -61,7 +61,13 @@ pub fn run_from_file(path: &Path) -> Result<(), StartError> {
     let workers =
         workers::Workers::start(workers::Workers::count()).map_err(StartError::Runtime)?;
     let handles = workers.handles();
-    let served = tokio_runtime()?.block_on(async move {
+    // Housekeeping only (signals, reloads, health checks, DNS, the admin endpoint): the
+    // proxying runs on the workers, so one thread is enough here.
+    let housekeeping = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let served = housekeeping.block_on(async move {
         let mut signals = Signals::install()?;
         let running = Server::bind_on(config, handles).await?.start();
         systemd::notify_ready();

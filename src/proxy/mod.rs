@@ -1,6 +1,9 @@
-//! The request handler, as named phases:
-//! route → handshake and origin check → pick a server and connect → rewrite → send →
-//! relay the answer, or check the `101` and hand both sides to a tunnel → log.
+//! The request handler, as named phases, each a function `forward` calls in turn:
+//! check and normalise (`normalize`) → route ([`Router::find`]) → handshake and origin
+//! check (`check_handshake`) → rewrite ([`headers::rewrite_request`]) → pick a server and
+//! connect (`connect_any`) → send and wait for the head (`exchange`) → relay the answer
+//! (`relay`), or check the `101` and hand both sides to a tunnel (`start_tunnel`) → count
+//! and log ([`handle`], as the response body ends).
 //!
 //! The pure rules live in the submodules ([`malformed`], [`path`], [`route`], [`headers`],
 //! [`websocket`], [`error`]); this file only sequences them and does the I/O.
@@ -25,7 +28,7 @@ use ipnet::IpNet;
 
 use crate::clock::{BodyEnd, HeadClock};
 use crate::config::Config;
-use crate::limits::{ConnPermit, Limits};
+use crate::limits::{ConnPermit, Limits, TunnelPermit};
 use crate::metrics::{Rejection, RouteMetrics, NO_ROUTE};
 use crate::shutdown::Shutdown;
 use crate::stream::Stream;
@@ -243,36 +246,7 @@ async fn forward<'r>(
     access: Option<&Arc<Access>>,
     outcome: &mut Outcome<'r>,
 ) -> Result<Response<ResponseBody>, Failure> {
-    if req.method() == http::Method::CONNECT {
-        return Err(Failure::new(ProxyError::BadRequest(
-            "CONNECT is not proxied",
-        )));
-    }
-    malformed::check(
-        req.version(),
-        req.uri(),
-        req.headers(),
-        conn.clock.take_saw_content_length(),
-    )
-    .map_err(|reason| Failure::new(ProxyError::BadRequest(reason)))?;
-    // An absolute-form target's authority outranks `Host` (RFC 9112 §3.2.2): it becomes
-    // the Host for routing, for `host_header = "preserve"` and for `X-Forwarded-Host`.
-    if let Some(authority) = req.uri().authority() {
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            req.headers_mut().insert(HOST, host);
-        }
-    }
-    // Dot-segments are removed before routing; the normal path is also what is sent.
-    let normal = match path::normalize(req.uri().path()) {
-        Ok(std::borrow::Cow::Borrowed(_)) => None,
-        Ok(std::borrow::Cow::Owned(normal)) => Some(normal),
-        Err(path::Climbs) => {
-            return Err(Failure::new(ProxyError::BadRequest("path climbs above /")))
-        }
-    };
-    if let Some(normal) = normal {
-        *req.uri_mut() = route::with_path(req.uri(), &normal);
-    }
+    normalize(&mut req, conn).map_err(Failure::new)?;
     let route = runtime
         .router
         .find(request_host(&req), req.uri().path())
@@ -287,35 +261,7 @@ async fn forward<'r>(
     }
     outcome.route = Some(route);
 
-    // Handshake and origin.
-    let key = match websocket::classify(req.method(), req.version(), req.headers()) {
-        Upgrade::WebSocket { key } if route.config.websocket => Some(key),
-        Upgrade::InvalidWebSocket { reason } if route.config.websocket => {
-            outcome.handshake = true;
-            return Err(fail(ProxyError::InvalidHandshake(reason)));
-        }
-        // No upgrade, another protocol, or upgrades off on this route: plain HTTP, and the
-        // `Upgrade` header goes as the hop-by-hop header it is.
-        _ => None,
-    };
-    outcome.handshake = key.is_some();
-    // Checked once the request is classified, so a handshake refused by a drain is counted.
-    if conn.shutdown.is_draining() {
-        return Err(fail(ProxyError::Draining));
-    }
-    if key.is_some()
-        && !websocket::origin_allowed(route.config.allowed_origins.as_deref(), req.headers())
-    {
-        return Err(fail(ProxyError::OriginNotAllowed));
-    }
-    let tunnel_permit = match key {
-        Some(_) => Some(
-            conn.limits
-                .admit_tunnel(conn.peer.ip())
-                .ok_or_else(|| fail(ProxyError::TooManyTunnels))?,
-        ),
-        None => None,
-    };
+    let (key, tunnel_permit) = check_handshake(&req, route, conn, outcome).map_err(fail)?;
 
     // The balancing key, read before the headers are rewritten.
     let pool = route.pool.load();
@@ -378,30 +324,16 @@ async fn forward<'r>(
     let upstream_req =
         Request::from_parts(parts, RequestBody::new(body, access.cloned(), body_clock));
 
-    // Send; from here on nothing is retried on another server. `read_timeout` counts from
-    // the moment the whole request is sent: a slow upload is the client's doing, timed by
-    // `body_timeout`, and never blamed on the server.
-    let read_timeout = route.config.read_timeout;
-    let exchange = send(sender, upstream_req, server, pool);
-    let deadline = async {
-        conn.clock.body_sent().await;
-        tokio::time::sleep(read_timeout).await;
-    };
-    let sent = tokio::select! {
-        sent = exchange => sent,
-        () = deadline => {
-            server.record_failure();
-            return Err(fail(ProxyError::ResponseTimeout(read_timeout)));
-        }
-    };
-    let (mut response, sender) = sent.map_err(|err| {
-        // The exchange broke: the client's body, if it failed, is the cause.
-        fail(match conn.clock.body_end() {
-            BodyEnd::TimedOut => ProxyError::BodyTimeout,
-            BodyEnd::Broken => ProxyError::BadRequest("broken request body"),
-            BodyEnd::Complete | BodyEnd::Pending => err,
-        })
-    })?;
+    let (mut response, sender) = exchange(
+        sender,
+        upstream_req,
+        server,
+        pool,
+        route.config.read_timeout,
+        conn,
+    )
+    .await
+    .map_err(fail)?;
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(key), Some(client_upgrade), Some((host, path))) =
@@ -431,40 +363,155 @@ async fn forward<'r>(
             tunnel_permit,
             active: active.into_tunnel(),
         };
-        let client_socket = conn.client_socket;
-        let shutdown = conn.shutdown.clone();
-        conn.shutdown.spawn(async move {
-            // Both sides switch once hyper has written and read the `101`.
-            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok(both) => both,
-                Err(err) => {
-                    tracing::debug!(client = %tunnel.client, route = &*tunnel.route, cause = %err, "upgrade did not complete");
-                    return;
-                }
-            };
-            let (Some(client), Some(upstream)) =
-                (client_socket(client), connect::upgraded_socket(upstream))
-            else {
-                tracing::error!(client = %tunnel.client, route = &*tunnel.route, "tunnel sockets are not sluice's own");
-                return;
-            };
-            tunnel.run(client, upstream, shutdown).await;
-        });
+        start_tunnel(tunnel, client_upgrade, upstream_upgrade, conn);
         return Ok(Response::from_parts(parts, ResponseBody::empty()));
     }
 
-    // Any other answer, to a handshake or not, is relayed as plain HTTP.
-    let (mut parts, body) = response.into_parts();
-    // The client gets an answer in its own HTTP version, whatever the upstream spoke.
-    parts.version = client_version;
-    headers::rewrite_response(&mut parts.headers, false);
     // A refused handshake's connection is not reused: the server may still think it is
     // mid-upgrade.
     let release = (pool.keepalive && key.is_none()).then(|| (Arc::clone(server.idle()), sender));
-    Ok(Response::from_parts(
-        parts,
-        ResponseBody::upstream(body, release, active),
-    ))
+    Ok(relay(response, client_version, release, active))
+}
+
+/// Relay: any answer but a checked `101`, to a handshake or not, goes back as plain HTTP,
+/// in the client's own HTTP version whatever the upstream spoke.
+fn relay(
+    response: Response<Incoming>,
+    client_version: Version,
+    release: Option<(Arc<crate::upstream::connect::IdlePool>, Sender)>,
+    active: Active,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    parts.version = client_version;
+    headers::rewrite_response(&mut parts.headers, false);
+    Response::from_parts(parts, ResponseBody::upstream(body, release, active))
+}
+
+/// Hands both sides to a tunnel, in a task of its own: they switch once hyper has written
+/// and read the `101`, and each side's owner unwraps its connection to the plain stream.
+fn start_tunnel(
+    tunnel: crate::tunnel::Tunnel,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    upstream_upgrade: hyper::upgrade::OnUpgrade,
+    conn: &ConnContext,
+) {
+    let client_socket = conn.client_socket;
+    let shutdown = conn.shutdown.clone();
+    conn.shutdown.spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok(both) => both,
+            Err(err) => {
+                tracing::debug!(client = %tunnel.client, route = &*tunnel.route, cause = %err, "upgrade did not complete");
+                return;
+            }
+        };
+        let (Some(client), Some(upstream)) =
+            (client_socket(client), connect::upgraded_socket(upstream))
+        else {
+            tracing::error!(client = %tunnel.client, route = &*tunnel.route, "tunnel sockets are not sluice's own");
+            return;
+        };
+        tunnel.run(client, upstream, shutdown).await;
+    });
+}
+
+/// Check and normalise: refuses what is not proxied or malformed, makes an absolute-form
+/// target's authority the Host, and removes dot-segments from the path.
+fn normalize(req: &mut Request<Incoming>, conn: &ConnContext) -> Result<(), ProxyError> {
+    if req.method() == http::Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not proxied"));
+    }
+    malformed::check(
+        req.version(),
+        req.uri(),
+        req.headers(),
+        conn.clock.take_saw_content_length(),
+    )
+    .map_err(ProxyError::BadRequest)?;
+    // An absolute-form target's authority outranks `Host` (RFC 9112 §3.2.2): it becomes
+    // the Host for routing, for `host_header = "preserve"` and for `X-Forwarded-Host`.
+    if let Some(authority) = req.uri().authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(HOST, host);
+        }
+    }
+    // Dot-segments are removed before routing; the normal path is also what is sent.
+    match path::normalize(req.uri().path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => {}
+        Ok(std::borrow::Cow::Owned(normal)) => {
+            *req.uri_mut() = route::with_path(req.uri(), &normal)
+        }
+        Err(path::Climbs) => return Err(ProxyError::BadRequest("path climbs above /")),
+    }
+    Ok(())
+}
+
+/// Handshake and origin: whether the request is a WebSocket handshake this route takes
+/// (its key), and its place under `max_tunnels_per_ip`. A drain refuses it here, once it
+/// is classified, so the refusal is counted as a handshake's.
+fn check_handshake<'r>(
+    req: &Request<Incoming>,
+    route: &'r Route,
+    conn: &ConnContext,
+    outcome: &mut Outcome<'r>,
+) -> Result<(Option<HeaderValue>, Option<TunnelPermit>), ProxyError> {
+    let key = match websocket::classify(req.method(), req.version(), req.headers()) {
+        Upgrade::WebSocket { key } if route.config.websocket => Some(key),
+        Upgrade::InvalidWebSocket { reason } if route.config.websocket => {
+            outcome.handshake = true;
+            return Err(ProxyError::InvalidHandshake(reason));
+        }
+        // No upgrade, another protocol, or upgrades off on this route: plain HTTP, and the
+        // `Upgrade` header goes as the hop-by-hop header it is.
+        _ => None,
+    };
+    outcome.handshake = key.is_some();
+    if conn.shutdown.is_draining() {
+        return Err(ProxyError::Draining);
+    }
+    if key.is_none() {
+        return Ok((None, None));
+    }
+    if !websocket::origin_allowed(route.config.allowed_origins.as_deref(), req.headers()) {
+        return Err(ProxyError::OriginNotAllowed);
+    }
+    let permit = conn
+        .limits
+        .admit_tunnel(conn.peer.ip())
+        .ok_or(ProxyError::TooManyTunnels)?;
+    Ok((key, Some(permit)))
+}
+
+/// Send, and wait for the response head; from here on nothing is retried on another
+/// server. `read_timeout` counts from the moment the whole request is sent: a slow upload
+/// is the client's doing, timed by `body_timeout`, and never blamed on the server.
+async fn exchange(
+    sender: Sender,
+    req: Request<RequestBody>,
+    server: &Server,
+    pool: &Pool,
+    read_timeout: std::time::Duration,
+    conn: &ConnContext,
+) -> Result<(Response<Incoming>, Sender), ProxyError> {
+    let deadline = async {
+        conn.clock.body_sent().await;
+        tokio::time::sleep(read_timeout).await;
+    };
+    let sent = tokio::select! {
+        sent = send(sender, req, server, pool) => sent,
+        () = deadline => {
+            server.record_failure();
+            return Err(ProxyError::ResponseTimeout(read_timeout));
+        }
+    };
+    sent.map_err(|err| {
+        // The exchange broke: the client's body, if it failed, is the cause.
+        match conn.clock.body_end() {
+            BodyEnd::TimedOut => ProxyError::BodyTimeout,
+            BodyEnd::Broken => ProxyError::BadRequest("broken request body"),
+            BodyEnd::Complete | BodyEnd::Pending => err,
+        }
+    })
 }
 
 /// The first candidate that can be reached, in balancing order, each tried once, with the

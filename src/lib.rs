@@ -28,6 +28,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod frames;
 pub mod lifecycle;
 pub mod limits;
 pub mod logging;

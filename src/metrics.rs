@@ -88,6 +88,13 @@ struct RouteDirection {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteClose {
+    route: Arc<str>,
+    code: String,
+    initiator: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteReason {
     route: Arc<str>,
     reason: &'static str,
@@ -128,6 +135,7 @@ pub struct Metrics {
     tunnel_duration: AtomicHistogram,
     tunnel_bytes: Family<RouteDirection, Counter>,
     tunnel_messages: Family<RouteDirection, Counter>,
+    tunnel_closes: Family<RouteClose, Counter>,
     rejections: Family<RouteReason, Counter>,
     connect_errors: Family<UpstreamServer, Counter>,
     reloads: Family<ReloadResult, Counter>,
@@ -200,6 +208,12 @@ impl Metrics {
             "WebSocket data messages relayed through tunnels, by route and direction",
             tunnel_messages.clone(),
         );
+        let tunnel_closes = Family::default();
+        registry.register(
+            "sluice_tunnel_closes",
+            "Tunnels closed, by route, Close code (none: no Close frame) and who closed first",
+            tunnel_closes.clone(),
+        );
         let rejections = Family::default();
         registry.register(
             "sluice_handshake_rejections",
@@ -232,6 +246,7 @@ impl Metrics {
             tunnel_duration,
             tunnel_bytes,
             tunnel_messages,
+            tunnel_closes,
             rejections,
             connect_errors,
             reloads,
@@ -278,6 +293,7 @@ impl Metrics {
             bytes_out: self.tunnel_bytes.get_or_create_owned(&direction("out")),
             messages_in: self.tunnel_messages.get_or_create_owned(&direction("in")),
             messages_out: self.tunnel_messages.get_or_create_owned(&direction("out")),
+            closes: self.tunnel_closes.clone(),
             rejections: Rejection::ALL.map(|reason| {
                 self.rejections.get_or_create_owned(&RouteReason {
                     route: Arc::clone(name),
@@ -368,6 +384,8 @@ pub struct RouteMetrics {
     pub bytes_out: Counter,
     pub messages_in: Counter,
     pub messages_out: Counter,
+    /// Looked up once per tunnel, when it closes (the code is only known then).
+    closes: Family<RouteClose, Counter>,
     rejections: [Counter; Rejection::ALL.len()],
 }
 
@@ -425,6 +443,17 @@ impl RouteMetrics {
     pub fn tunnel_opened(&self) {
         self.tunnels.inc();
         self.active_tunnels.inc();
+    }
+
+    /// Counts a closed tunnel by its Close code (`none` without one) and who closed first.
+    pub fn tunnel_ended(&self, code: &str, initiator: &'static str) {
+        self.closes
+            .get_or_create(&RouteClose {
+                route: Arc::clone(&self.name),
+                code: code.to_owned(),
+                initiator,
+            })
+            .inc();
     }
 
     pub fn tunnel_closed(&self, open_for: Duration) {

@@ -37,6 +37,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::frames::{Frames, Sender};
 use crate::limits::{ConnPermit, TunnelPermit};
 use crate::metrics::RouteMetrics;
 use crate::shutdown::Shutdown;
@@ -99,12 +100,23 @@ impl Tunnel {
         let mut copy = Copy {
             client,
             upstream,
-            up: Direction::new(from_client, &self.metrics.bytes_in),
-            down: Direction::new(from_upstream, &self.metrics.bytes_out),
+            up: Direction::new(
+                from_client,
+                Sender::Client,
+                &self.metrics.bytes_in,
+                &self.metrics.messages_in,
+            ),
+            down: Direction::new(
+                from_upstream,
+                Sender::Server,
+                &self.metrics.bytes_out,
+                &self.metrics.messages_out,
+            ),
             activity: &activity,
             metrics: &self.metrics,
             up_done: false,
             down_done: false,
+            first: None,
         };
         let idle = activity.idle(self.idle_timeout);
         let cut = shutdown.cut();
@@ -158,6 +170,8 @@ impl Tunnel {
             End::Error
         });
         self.metrics.tunnel_closed(start.elapsed());
+        let (code, initiator) = copy.close(end);
+        self.metrics.tunnel_ended(&code, initiator);
         tracing::info!(
             target: "access",
             kind = "tunnel",
@@ -170,6 +184,10 @@ impl Tunnel {
             duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
             bytes_in = copy.up.bytes,
             bytes_out = copy.down.bytes,
+            messages_in = copy.up.frames.messages(),
+            messages_out = copy.down.frames.messages(),
+            close_code = &*code,
+            close_initiator = initiator,
             end = end.as_str(),
         );
     }
@@ -249,14 +267,20 @@ struct Direction {
     /// The destination's write side is shut down (the end of stream passed on).
     finished: bool,
     bytes: u64,
+    /// The WebSocket framing of what passes, followed as it passes.
+    frames: Frames,
 }
 
 impl Direction {
     /// `counted` is the byte counter this direction adds to; the bytes hyper read ahead
     /// are counted here.
-    fn new(pre_read: Bytes, counted: &Counter) -> Direction {
+    fn new(pre_read: Bytes, sender: Sender, counted: &Counter, messages: &Counter) -> Direction {
         counted.inc_by(pre_read.len() as u64);
+        let mut frames = Frames::new(sender);
+        frames.feed(&pre_read);
+        messages.inc_by(frames.messages());
         Direction {
+            frames,
             bytes: pre_read.len() as u64,
             // A copy, even of nothing: hyper's `Bytes` is a view into its whole read
             // buffer, which it would keep alive for the tunnel's life.
@@ -281,7 +305,7 @@ impl Direction {
         src: &mut Stream,
         dst: &mut Stream,
         activity: &Activity,
-        counted: &Counter,
+        (counted, messages): (&Counter, &Counter),
     ) -> Poll<io::Result<()>> {
         let mut reads = 0;
         loop {
@@ -323,6 +347,12 @@ impl Direction {
                 }
                 self.bytes += data.len() as u64;
                 counted.inc_by(data.len() as u64);
+                let before = self.frames.messages();
+                self.frames.feed(data);
+                let completed = self.frames.messages() - before;
+                if completed != 0 {
+                    messages.inc_by(completed);
+                }
                 activity.touch();
                 let written = match Pin::new(&mut *dst).poll_write(cx, data) {
                     Poll::Ready(Ok(written)) => written,
@@ -352,9 +382,78 @@ struct Copy<'a> {
     metrics: &'a RouteMetrics,
     up_done: bool,
     down_done: bool,
+    /// Who ended the tunnel first: the first side to send a Close frame, or else the
+    /// first to end its stream.
+    first: Option<Initiator>,
+}
+
+/// Who started closing a tunnel: the `initiator` of `sluice_tunnel_closes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Initiator {
+    Client,
+    Upstream,
+    Sluice,
+}
+
+impl Initiator {
+    fn as_str(self) -> &'static str {
+        match self {
+            Initiator::Client => "client",
+            Initiator::Upstream => "upstream",
+            Initiator::Sluice => "sluice",
+        }
+    }
 }
 
 impl Copy<'_> {
+    /// After a direction was polled: notes its side as the initiator if it sent the first
+    /// Close frame, or ended its stream first.
+    fn note_close(&mut self, side: Initiator) {
+        let direction = match side {
+            Initiator::Client => &self.up,
+            _ => &self.down,
+        };
+        let other = match side {
+            Initiator::Client => &self.down,
+            _ => &self.up,
+        };
+        let closed = direction.frames.close().is_some() && other.frames.close().is_none();
+        let ended_first = self.first.is_none() && direction.eof && !other.eof;
+        if closed || ended_first {
+            self.first = Some(side);
+        }
+    }
+
+    /// The Close code and who sent it first, for the metrics and the access log: the
+    /// initiator's Close code (`1005` for a Close without one), or `none` when the tunnel
+    /// ended without a Close frame. A tunnel sluice ended (idle, shutdown) without either
+    /// side closing was ended by sluice.
+    fn close(&self, end: End) -> (std::borrow::Cow<'static, str>, &'static str) {
+        let by_frame = [
+            (Initiator::Client, self.up.frames.close()),
+            (Initiator::Upstream, self.down.frames.close()),
+        ];
+        let first = self.first.or_else(|| {
+            by_frame
+                .iter()
+                .find(|(_, close)| close.is_some())
+                .map(|(side, _)| *side)
+        });
+        let initiator = match (first, end) {
+            (Some(side), _) => side,
+            (None, End::Idle | End::Shutdown) => Initiator::Sluice,
+            (None, End::Closed | End::Error) => Initiator::Client,
+        };
+        let code = by_frame
+            .iter()
+            .find(|(side, _)| *side == initiator)
+            .and_then(|(_, close)| *close)
+            .map_or(std::borrow::Cow::Borrowed("none"), |code| {
+                std::borrow::Cow::Owned(code.unwrap_or(1005).to_string())
+            });
+        (code, initiator.as_str())
+    }
+
     /// Polls the directions whose sockets woke the task (all of them without `wakes`, or
     /// when the flags are new). Over TLS, a read may also write (and register the write
     /// side's waker), so there any wake-up polls both.
@@ -376,8 +475,9 @@ impl Copy<'_> {
                 &mut self.client,
                 &mut self.upstream,
                 self.activity,
-                &self.metrics.bytes_in,
+                (&self.metrics.bytes_in, &self.metrics.messages_in),
             );
+            self.note_close(Initiator::Client);
             match poll {
                 Poll::Ready(Ok(())) => self.up_done = true,
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
@@ -391,8 +491,9 @@ impl Copy<'_> {
                 &mut self.upstream,
                 &mut self.client,
                 self.activity,
-                &self.metrics.bytes_out,
+                (&self.metrics.bytes_out, &self.metrics.messages_out),
             );
+            self.note_close(Initiator::Upstream);
             match poll {
                 Poll::Ready(Ok(())) => self.down_done = true,
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),

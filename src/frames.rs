@@ -1,0 +1,291 @@
+//! Following WebSocket framing (RFC 6455 §5) as bytes pass, without buffering, unmasking
+//! or altering them: one small state machine per direction of a tunnel.
+//!
+//! It reads each frame header (FIN, opcode, mask bit, length) across whatever read
+//! boundaries the bytes arrive in, skips payloads by counting, and keeps the two bytes of
+//! a Close frame's status code (unmasked with the frame's key). It counts data messages
+//! (text and binary; a fragmented message counts once, when its last fragment ends) and
+//! notes the first Close. A stream that breaks the framing rules (an unknown opcode, a
+//! fragmented or oversized control frame, a continuation with nothing to continue, the
+//! wrong masking for the direction) is marked broken and no longer followed: the tunnel
+//! relays it as it is.
+//!
+//! The state is a few bytes: a tunnel keeps two of these for its life.
+
+/// Which peer sends the bytes a tracker follows: a client masks every frame (RFC 6455
+/// §5.3), a server none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    Client,
+    Server,
+}
+
+/// One direction's framing state.
+#[derive(Debug, Clone)]
+pub struct Frames {
+    sender: Sender,
+    state: State,
+    /// The header being read: at most 2 + 8 + 4 bytes.
+    header: [u8; 14],
+    have: u8,
+    /// Payload bytes left in the current frame.
+    remaining: u64,
+    /// The current frame's opcode and FIN, once its header is read.
+    opcode: u8,
+    fin: bool,
+    /// A data message is open (its last fragment has not come yet).
+    in_message: bool,
+    /// For a Close frame: the mask key, and how many of the code's two bytes are read.
+    mask: [u8; 4],
+    close_read: u8,
+    close_code: [u8; 2],
+    /// Data messages completed.
+    messages: u64,
+    /// The first Close frame's code: `Some(None)` for a Close without one.
+    close: Option<Option<u16>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Header,
+    Payload,
+    Broken,
+}
+
+impl Frames {
+    pub fn new(sender: Sender) -> Frames {
+        Frames {
+            sender,
+            state: State::Header,
+            header: [0; 14],
+            have: 0,
+            remaining: 0,
+            opcode: 0,
+            fin: false,
+            in_message: false,
+            mask: [0; 4],
+            close_read: 0,
+            close_code: [0; 2],
+            messages: 0,
+            close: None,
+        }
+    }
+
+    /// Data messages completed so far.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// The first Close frame seen: its status code, or `Some(None)` when it carried none.
+    pub fn close(&self) -> Option<Option<u16>> {
+        self.close
+    }
+
+    /// Whether the bytes broke the framing rules (and are no longer followed).
+    pub fn is_broken(&self) -> bool {
+        self.state == State::Broken
+    }
+
+    /// Whether the next byte starts a frame: where sluice may speak for itself.
+    pub fn at_boundary(&self) -> bool {
+        self.state == State::Header && self.have == 0
+    }
+
+    /// Follows `data`, the next bytes of the stream.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.state {
+                State::Broken => return,
+                State::Payload => {
+                    let n = usize::try_from(self.remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len());
+                    if self.opcode == OP_CLOSE && self.close_read < 2 {
+                        for &byte in data.iter().take(n) {
+                            if self.close_read >= 2 {
+                                break;
+                            }
+                            let at = usize::from(self.close_read);
+                            self.close_code[at] = byte ^ self.mask[at % 4];
+                            self.close_read += 1;
+                        }
+                    }
+                    self.remaining -= n as u64;
+                    data = &data[n..];
+                    if self.remaining == 0 {
+                        self.frame_done();
+                    }
+                }
+                State::Header => {
+                    let need = self.header_len();
+                    let take = usize::from(need - self.have).min(data.len());
+                    let at = usize::from(self.have);
+                    self.header[at..at + take].copy_from_slice(&data[..take]);
+                    self.have += take as u8;
+                    data = &data[take..];
+                    if self.have == self.header_len() {
+                        self.header_done();
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long the header being read is, as far as its bytes so far tell.
+    fn header_len(&self) -> u8 {
+        if self.have < 2 {
+            return 2;
+        }
+        let masked = self.header[1] & 0x80 != 0;
+        let extended = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + extended + if masked { 4 } else { 0 }
+    }
+
+    fn header_done(&mut self) {
+        let first = self.header[0];
+        let fin = first & 0x80 != 0;
+        let opcode = first & 0x0f;
+        let masked = self.header[1] & 0x80 != 0;
+        let (len, key_at) = match self.header[1] & 0x7f {
+            126 => (
+                u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                4,
+            ),
+            127 => {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&self.header[2..10]);
+                (u64::from_be_bytes(bytes), 10)
+            }
+            short => (u64::from(short), 2),
+        };
+        let control = opcode & 0x08 != 0;
+        let valid = match opcode {
+            OP_CONTINUATION => self.in_message,
+            OP_TEXT | OP_BINARY => !self.in_message,
+            OP_CLOSE | OP_PING | OP_PONG => fin && len <= 125,
+            _ => false,
+        } && masked == (self.sender == Sender::Client)
+            && (len >> 63) == 0;
+        if !valid {
+            self.state = State::Broken;
+            return;
+        }
+        if masked {
+            self.mask.copy_from_slice(&self.header[key_at..key_at + 4]);
+        } else {
+            self.mask = [0; 4];
+        }
+        self.opcode = opcode;
+        self.fin = fin;
+        if !control {
+            self.in_message = true;
+        }
+        self.close_read = 0;
+        self.remaining = len;
+        self.have = 0;
+        self.state = State::Payload;
+        if len == 0 {
+            self.frame_done();
+        }
+    }
+
+    fn frame_done(&mut self) {
+        match self.opcode {
+            OP_CLOSE => {
+                if self.close.is_none() {
+                    self.close =
+                        Some((self.close_read >= 2).then(|| u16::from_be_bytes(self.close_code)));
+                }
+            }
+            OP_PING | OP_PONG => {}
+            _ => {
+                if self.fin {
+                    self.in_message = false;
+                    self.messages += 1;
+                }
+            }
+        }
+        self.state = State::Header;
+        self.have = 0;
+    }
+}
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xa;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        let bit = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => out.push(bit | n as u8),
+            n if n <= 0xffff => {
+                out.push(bit | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(bit | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        match mask {
+            Some(key) => {
+                out.extend_from_slice(&key);
+                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            }
+            None => out.extend_from_slice(payload),
+        }
+        out
+    }
+
+    #[test]
+    fn counts_messages_across_any_split_and_reads_the_close_code() {
+        let key = Some([1, 2, 3, 4]);
+        let mut stream = Vec::new();
+        stream.extend(frame(true, OP_TEXT, b"hello", key));
+        stream.extend(frame(false, OP_BINARY, &[7; 300], key));
+        stream.extend(frame(true, OP_PING, b"p", key));
+        stream.extend(frame(true, OP_CONTINUATION, &[8; 70_000], key));
+        stream.extend(frame(true, OP_CLOSE, &1001u16.to_be_bytes(), key));
+        for step in [1, 2, 3, 7, 64, 4096, stream.len()] {
+            let mut frames = Frames::new(Sender::Client);
+            for chunk in stream.chunks(step) {
+                frames.feed(chunk);
+            }
+            assert_eq!(frames.messages(), 2, "split every {step}");
+            assert_eq!(frames.close(), Some(Some(1001)), "split every {step}");
+            assert!(!frames.is_broken());
+            assert!(frames.at_boundary());
+        }
+    }
+
+    #[test]
+    fn a_stream_that_is_not_websocket_is_marked_broken() {
+        let mut frames = Frames::new(Sender::Server);
+        frames.feed(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(frames.is_broken());
+        // A client's frame must be masked.
+        let mut frames = Frames::new(Sender::Client);
+        frames.feed(&frame(true, OP_TEXT, b"x", None));
+        assert!(frames.is_broken());
+        // A continuation with nothing to continue.
+        let mut frames = Frames::new(Sender::Server);
+        frames.feed(&frame(true, OP_CONTINUATION, b"x", None));
+        assert!(frames.is_broken());
+        // A close without a code.
+        let mut frames = Frames::new(Sender::Server);
+        frames.feed(&frame(true, OP_CLOSE, b"", None));
+        assert_eq!(frames.close(), Some(None));
+    }
+}

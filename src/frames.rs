@@ -97,26 +97,32 @@ impl Frames {
             match self.state {
                 State::Broken => return,
                 State::Payload => {
-                    let n = usize::try_from(self.remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(data.len());
+                    let n = if self.remaining < data.len() as u64 {
+                        // Less than `data.len()`, so it fits.
+                        self.remaining as usize
+                    } else {
+                        data.len()
+                    };
+                    let (payload, rest) = data.split_at(n);
                     if self.opcode == OP_CLOSE && self.close_read < 2 {
-                        for &byte in data.iter().take(n) {
-                            if self.close_read >= 2 {
-                                break;
-                            }
-                            let at = usize::from(self.close_read);
-                            self.close_code[at] = byte ^ self.mask[at % 4];
-                            self.close_read += 1;
-                        }
+                        self.read_close_code(payload);
                     }
                     self.remaining -= n as u64;
-                    data = &data[n..];
+                    data = rest;
                     if self.remaining == 0 {
                         self.frame_done();
                     }
                 }
                 State::Header => {
+                    // The usual case: a whole header at the start of the bytes, read in place.
+                    if self.have == 0 && data.len() >= 2 {
+                        let len = usize::from(header_len(data[1]));
+                        if let Some(header) = data.get(..len) {
+                            self.header_done(header);
+                            data = &data[len..];
+                            continue;
+                        }
+                    }
                     let need = self.header_len();
                     let take = usize::from(need - self.have).min(data.len());
                     let at = usize::from(self.have);
@@ -124,7 +130,8 @@ impl Frames {
                     self.have += take as u8;
                     data = &data[take..];
                     if self.have == self.header_len() {
-                        self.header_done();
+                        let header = self.header;
+                        self.header_done(&header[..usize::from(self.have)]);
                     }
                 }
             }
@@ -136,28 +143,33 @@ impl Frames {
         if self.have < 2 {
             return 2;
         }
-        let masked = self.header[1] & 0x80 != 0;
-        let extended = match self.header[1] & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        2 + extended + if masked { 4 } else { 0 }
+        header_len(self.header[1])
     }
 
-    fn header_done(&mut self) {
-        let first = self.header[0];
+    /// The first bytes of a Close frame's payload: its status code, masked as it came.
+    fn read_close_code(&mut self, payload: &[u8]) {
+        for &byte in payload {
+            if self.close_read >= 2 {
+                break;
+            }
+            let at = usize::from(self.close_read);
+            self.close_code[at] = byte ^ self.mask[at];
+            self.close_read += 1;
+        }
+    }
+
+    /// Takes a complete frame header, exactly [`header_len`] bytes.
+    #[inline]
+    fn header_done(&mut self, header: &[u8]) {
+        let first = header[0];
         let fin = first & 0x80 != 0;
         let opcode = first & 0x0f;
-        let masked = self.header[1] & 0x80 != 0;
-        let (len, key_at) = match self.header[1] & 0x7f {
-            126 => (
-                u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-                4,
-            ),
+        let masked = header[1] & 0x80 != 0;
+        let (len, key_at) = match header[1] & 0x7f {
+            126 => (u64::from(u16::from_be_bytes([header[2], header[3]])), 4),
             127 => {
                 let mut bytes = [0u8; 8];
-                bytes.copy_from_slice(&self.header[2..10]);
+                bytes.copy_from_slice(&header[2..10]);
                 (u64::from_be_bytes(bytes), 10)
             }
             short => (u64::from(short), 2),
@@ -174,10 +186,12 @@ impl Frames {
             self.state = State::Broken;
             return;
         }
-        if masked {
-            self.mask.copy_from_slice(&self.header[key_at..key_at + 4]);
-        } else {
+        // The key matters only for a Close frame's code: the one payload read.
+        if opcode == OP_CLOSE {
             self.mask = [0; 4];
+            if masked {
+                self.mask.copy_from_slice(&header[key_at..key_at + 4]);
+            }
         }
         self.opcode = opcode;
         self.fin = fin;
@@ -212,6 +226,17 @@ impl Frames {
         self.state = State::Header;
         self.have = 0;
     }
+}
+
+/// A frame header's length from its second byte: 2, plus 2 or 8 for an extended length,
+/// plus 4 for a mask key.
+fn header_len(second: u8) -> u8 {
+    let extended = match second & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + extended + if second & 0x80 != 0 { 4 } else { 0 }
 }
 
 const OP_CONTINUATION: u8 = 0x0;

@@ -91,6 +91,33 @@ impl Frames {
         self.state == State::Header && self.have == 0
     }
 
+    /// Follows `data` only up to the end of the frame under way: how many of its bytes
+    /// that is (all of them if the frame does not end in them). At a boundary already, or
+    /// on a broken stream, it takes nothing.
+    pub fn feed_to_boundary(&mut self, data: &[u8]) -> usize {
+        if self.at_boundary() || self.is_broken() {
+            return 0;
+        }
+        let mut taken = 0;
+        // Header bytes one at a time (a header is at most 14), then the payload at once.
+        while taken < data.len() && !self.at_boundary() && !self.is_broken() {
+            let step = match self.state {
+                State::Payload => {
+                    let left = data.len() - taken;
+                    if self.remaining < left as u64 {
+                        self.remaining as usize
+                    } else {
+                        left
+                    }
+                }
+                _ => 1,
+            };
+            self.feed(&data[taken..taken + step]);
+            taken += step;
+        }
+        taken
+    }
+
     /// Follows `data`, the next bytes of the stream.
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
@@ -293,6 +320,26 @@ mod tests {
             assert!(!frames.is_broken());
             assert!(frames.at_boundary());
         }
+    }
+
+    #[test]
+    fn feeding_to_the_boundary_stops_where_the_frame_ends() {
+        let key = Some([9, 8, 7, 6]);
+        let first = frame(true, OP_BINARY, &[1; 300], key);
+        let second = frame(true, OP_TEXT, b"next", key);
+        let mut stream = first.clone();
+        stream.extend(&second);
+        let mut frames = Frames::new(Sender::Client);
+        frames.feed(&stream[..10]);
+        assert!(!frames.at_boundary());
+        assert_eq!(frames.feed_to_boundary(&stream[10..]), first.len() - 10);
+        assert!(frames.at_boundary());
+        assert_eq!(frames.messages(), 1);
+        assert_eq!(
+            frames.feed_to_boundary(&second),
+            0,
+            "at a boundary, nothing is taken"
+        );
     }
 
     #[test]

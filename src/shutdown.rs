@@ -13,9 +13,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long cut tasks get to close their sockets after `shutdown_timeout` before the
-/// process stops waiting for them. Closing is immediate; this only bounds a stuck task.
-const CUT_GRACE: Duration = Duration::from_secs(1);
+/// How long cut tasks get to close after `shutdown_timeout` before the process stops
+/// waiting for them: a tunnel takes up to a second to reach a frame boundary for its
+/// Close and up to a second for the Close in return.
+const CUT_GRACE: Duration = Duration::from_secs(3);
 
 /// Shared drain state; cheap to clone.
 #[derive(Debug, Clone, Default)]

@@ -169,6 +169,9 @@ impl Tunnel {
             tracing::debug!(client = %self.client, route = &*self.route, cause = %err, "tunnel ended with an error");
             End::Error
         });
+        if matches!(end, End::Idle | End::Shutdown) {
+            copy.close_with(GOING_AWAY).await;
+        }
         self.metrics.tunnel_closed(start.elapsed());
         let (code, initiator) = copy.close(end);
         self.metrics.tunnel_ended(&code, initiator);
@@ -269,6 +272,8 @@ struct Direction {
     bytes: u64,
     /// The WebSocket framing of what passes, followed as it passes.
     frames: Frames,
+    /// sluice wrote a Close frame of its own into this direction.
+    close_sent: bool,
 }
 
 impl Direction {
@@ -291,6 +296,77 @@ impl Direction {
             },
             eof: false,
             finished: false,
+            close_sent: false,
+        }
+    }
+
+    /// Writes what is pending, and then, at the next frame boundary, `close` (nothing that
+    /// follows the boundary is passed on: a Close is the last frame a side may send).
+    /// Done once the Close is written, or when the direction cannot have one: its source
+    /// ended, its destination was shut down, or its bytes are not WebSocket framing.
+    fn poll_insert(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut Stream,
+        dst: &mut Stream,
+        close: &[u8],
+    ) -> Poll<io::Result<()>> {
+        loop {
+            while !self.pending.is_empty() {
+                let n = std::task::ready!(Pin::new(&mut *dst).poll_write(cx, &self.pending))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pending.advance(n);
+            }
+            if self.close_sent || self.finished || self.eof || self.frames.is_broken() {
+                return Poll::Ready(Ok(()));
+            }
+            if self.frames.at_boundary() {
+                self.pending = Bytes::copy_from_slice(close);
+                self.close_sent = true;
+                continue;
+            }
+            // Mid-frame: the rest of this frame goes on, then the Close.
+            let moved = SCRATCH_BUF.with_borrow_mut(|buf| -> Poll<io::Result<()>> {
+                let mut read = ReadBuf::new(buf);
+                std::task::ready!(Pin::new(&mut *src).poll_read(cx, &mut read))?;
+                let data = read.filled();
+                if data.is_empty() {
+                    self.eof = true;
+                } else {
+                    let n = self.frames.feed_to_boundary(data);
+                    self.bytes += n as u64;
+                    self.pending = Bytes::copy_from_slice(&data[..n]);
+                }
+                Poll::Ready(Ok(()))
+            });
+            std::task::ready!(moved)?;
+        }
+    }
+
+    /// Reads (and drops) what the source still sends, until its Close, its end, or
+    /// anything that is not framing: the closing handshake's other half.
+    fn poll_closing_reply(&mut self, cx: &mut Context<'_>, src: &mut Stream) -> Poll<()> {
+        loop {
+            if self.eof || self.frames.is_broken() || self.frames.close().is_some() {
+                return Poll::Ready(());
+            }
+            let read = SCRATCH_BUF.with_borrow_mut(|buf| {
+                let mut read = ReadBuf::new(buf);
+                match Pin::new(&mut *src).poll_read(cx, &mut read) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(_)) => Poll::Ready(true),
+                    Poll::Ready(Ok(())) => {
+                        let data = read.filled();
+                        self.frames.feed(data);
+                        Poll::Ready(data.is_empty())
+                    }
+                }
+            });
+            if std::task::ready!(read) {
+                self.eof = true;
+            }
         }
     }
 
@@ -405,7 +481,77 @@ impl Initiator {
     }
 }
 
+/// `1001 Going Away`: sluice's Close code when it ends a tunnel itself (RFC 6455 §7.4.1).
+const GOING_AWAY: u16 = 1001;
+
+/// How long sluice waits for a frame boundary to put its Close at, and then for each side's
+/// Close in return (the SPEC's one second each).
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A Close frame with `code`: unmasked towards the client, masked towards the upstream
+/// (RFC 6455 §5.3: a client masks every frame, and sluice speaks to the upstream as one).
+fn close_frame(code: u16, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let payload = code.to_be_bytes();
+    match mask {
+        None => vec![0x88, 0x02, payload[0], payload[1]],
+        Some(key) => vec![
+            0x88,
+            0x82,
+            key[0],
+            key[1],
+            key[2],
+            key[3],
+            payload[0] ^ key[0],
+            payload[1] ^ key[1],
+        ],
+    }
+}
+
+/// A masking key nobody on the path can predict (RFC 6455 §5.3), from the standard
+/// library's randomly seeded hasher.
+fn mask_key() -> [u8; 4] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u8(0);
+    let bits = hasher.finish().to_le_bytes();
+    [bits[0], bits[1], bits[2], bits[3]]
+}
+
 impl Copy<'_> {
+    /// Ends the tunnel from sluice's side: a Close with `code` to each side at the next
+    /// frame boundary of that direction (a direction that reaches none within a second is
+    /// closed without one), then up to a second for each side's Close in return. A side
+    /// that already closed, or whose bytes are not WebSocket framing, gets none.
+    async fn close_with(&mut self, code: u16) {
+        if self.first.is_none() {
+            self.first = Some(Initiator::Sluice);
+        }
+        let to_upstream = close_frame(code, Some(mask_key()));
+        let to_client = close_frame(code, None);
+        let inserted = std::future::poll_fn(|cx| {
+            let up = self
+                .up
+                .poll_insert(cx, &mut self.client, &mut self.upstream, &to_upstream);
+            let down = self
+                .down
+                .poll_insert(cx, &mut self.upstream, &mut self.client, &to_client);
+            match (up, down) {
+                (Poll::Ready(_), Poll::Ready(_)) => Poll::Ready(()),
+                _ => Poll::Pending,
+            }
+        });
+        let _ = tokio::time::timeout(CLOSE_WAIT, inserted).await;
+        let replies = std::future::poll_fn(|cx| {
+            let up = self.up.poll_closing_reply(cx, &mut self.client);
+            let down = self.down.poll_closing_reply(cx, &mut self.upstream);
+            match (up, down) {
+                (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(()),
+                _ => Poll::Pending,
+            }
+        });
+        let _ = tokio::time::timeout(CLOSE_WAIT, replies).await;
+    }
+
     /// After a direction was polled: notes its side as the initiator if it sent the first
     /// Close frame, or ended its stream first.
     fn note_close(&mut self, side: Initiator) {
@@ -444,10 +590,16 @@ impl Copy<'_> {
             (None, End::Idle | End::Shutdown) => Initiator::Sluice,
             (None, End::Closed | End::Error) => Initiator::Client,
         };
+        let sent = (self.up.close_sent || self.down.close_sent).then_some(Some(GOING_AWAY));
         let code = by_frame
             .iter()
             .find(|(side, _)| *side == initiator)
             .and_then(|(_, close)| *close)
+            .or(if initiator == Initiator::Sluice {
+                sent
+            } else {
+                None
+            })
             .map_or(std::borrow::Cow::Borrowed("none"), |code| {
                 std::borrow::Cow::Owned(code.unwrap_or(1005).to_string())
             });

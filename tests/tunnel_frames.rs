@@ -176,3 +176,131 @@ async fn bytes_that_are_not_websocket_framing_are_relayed_unchanged() {
     );
     proxy.shutdown().await;
 }
+
+/// A WebSocket backend that reports the Close code each connection receives.
+async fn close_reporting_backend() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Option<u16>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Close(frame) = &message {
+                        let _ = tx.send(frame.as_ref().map(|f| u16::from(f.code)));
+                    } else if (message.is_text() || message.is_binary())
+                        && ws.send(message).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// What the client's side of the tunnel sees next: the Close code sluice sent.
+async fn client_close_code(ws: &mut WsClient) -> Option<u16> {
+    loop {
+        match within(WAIT, ws.next()).await {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("the client got no Close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_timeout_sends_1001_to_both_sides() {
+    let (backend, mut closes) = close_reporting_backend().await;
+    let proxy = spawn_proxy(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{backend}"]
+
+[[route]]
+upstream = "app"
+idle_timeout = "300ms"
+"#
+    ))
+    .await;
+    let admin = proxy.admin.expect("admin");
+    let (mut ws, _) = ws_connect(&format!("ws://{}/", proxy.addr), &[])
+        .await
+        .expect("handshake");
+    ws.send(Message::text("before the quiet"))
+        .await
+        .expect("send");
+    let echo = within(WAIT, ws.next()).await.expect("echo").expect("read");
+    assert_eq!(echo.into_text().expect("text").as_str(), "before the quiet");
+    // Nothing more: the idle timeout ends the tunnel with a clean Close each way.
+    assert_eq!(client_close_code(&mut ws).await, Some(1001));
+    let upstream_got = within(WAIT, closes.recv())
+        .await
+        .expect("the backend's report");
+    assert_eq!(upstream_got, Some(1001));
+    drop(ws);
+    eventually(
+        WAIT,
+        "the close is counted as sluice's, with 1001",
+        || async {
+            let text = metrics(admin).await;
+            sample(
+                &text,
+                r#"sluice_tunnel_closes_total{route="/",code="1001",initiator="sluice"}"#,
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_drain_sends_1001_to_both_sides_at_shutdown_timeout() {
+    let (backend, mut closes) = close_reporting_backend().await;
+    let mut proxy = spawn_proxy(&format!(
+        r#"
+[proxy]
+shutdown_timeout = "300ms"
+
+[[listener]]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{backend}"]
+
+[[route]]
+upstream = "app"
+"#
+    ))
+    .await;
+    let (mut ws, _) = ws_connect(&format!("ws://{}/", proxy.addr), &[])
+        .await
+        .expect("handshake");
+    ws.send(Message::text("hi")).await.expect("send");
+    let _ = within(WAIT, ws.next()).await.expect("echo").expect("read");
+    proxy.stop();
+    assert_eq!(client_close_code(&mut ws).await, Some(1001));
+    let upstream_got = within(WAIT, closes.recv())
+        .await
+        .expect("the backend's report");
+    assert_eq!(upstream_got, Some(1001));
+    drop(ws);
+    proxy.finished(WAIT).await;
+}

@@ -71,6 +71,8 @@ enum End {
     Error,
     Idle,
     Shutdown,
+    /// Its server was marked `drain`.
+    Drain,
 }
 
 impl End {
@@ -80,6 +82,7 @@ impl End {
             End::Error => "error",
             End::Idle => "idle_timeout",
             End::Shutdown => "shutdown",
+            End::Drain => "server_drain",
         }
     }
 }
@@ -120,7 +123,8 @@ impl Tunnel {
         };
         let idle = activity.idle(self.idle_timeout);
         let cut = shutdown.cut();
-        tokio::pin!(idle, cut);
+        let drained = self.active.drained();
+        tokio::pin!(idle, cut, drained);
         // While bytes move, one waker per wake-up reason; an idle tunnel goes back to the
         // task's own waker (polling everything on a wake-up), so it holds no more memory.
         let mut wakes: Option<Box<Wakes>> = None;
@@ -162,6 +166,9 @@ impl Tunnel {
             if idle.as_mut().poll(&mut cx).is_ready() {
                 return Poll::Ready(Ok(End::Idle));
             }
+            if drained.as_mut().poll(&mut cx).is_ready() {
+                return Poll::Ready(Ok(End::Drain));
+            }
             Poll::Pending
         })
         .await
@@ -169,7 +176,7 @@ impl Tunnel {
             tracing::debug!(client = %self.client, route = &*self.route, cause = %err, "tunnel ended with an error");
             End::Error
         });
-        if matches!(end, End::Idle | End::Shutdown) {
+        if matches!(end, End::Idle | End::Shutdown | End::Drain) {
             copy.close_with(GOING_AWAY).await;
         }
         self.metrics.tunnel_closed(start.elapsed());
@@ -587,7 +594,7 @@ impl Copy<'_> {
         });
         let initiator = match (first, end) {
             (Some(side), _) => side,
-            (None, End::Idle | End::Shutdown) => Initiator::Sluice,
+            (None, End::Idle | End::Shutdown | End::Drain) => Initiator::Sluice,
             (None, End::Closed | End::Error) => Initiator::Client,
         };
         let sent = (self.up.close_sent || self.down.close_sent).then_some(Some(GOING_AWAY));

@@ -304,3 +304,101 @@ upstream = "app"
     drop(ws);
     proxy.finished(WAIT).await;
 }
+
+fn drain_config(listen: u16, admin: u16, a: SocketAddr, b: SocketAddr, drain_b: bool) -> String {
+    let b = if drain_b {
+        format!(r#"{{ addr = "{b}", drain = true }}"#)
+    } else {
+        format!(r#""{b}""#)
+    };
+    format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:{listen}"
+
+[admin]
+addr = "127.0.0.1:{admin}"
+
+[upstream.app]
+servers = ["{a}", {b}]
+drain_timeout = "500ms"
+
+[[route]]
+upstream = "app"
+"#
+    )
+}
+
+async fn server_status(admin: SocketAddr, server: SocketAddr) -> serde_json::Value {
+    let mut client = RawClient::connect(admin).await;
+    client
+        .send("GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await;
+    let doc: serde_json::Value =
+        serde_json::from_str(&client.read_response().await.body_str()).expect("JSON");
+    doc["upstreams"][0]["servers"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["server"] == server.to_string()))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// `drain = true` on a server, applied by a reload: it gets no new tunnels, its tunnels
+/// are closed with 1001 within `drain_timeout`, and the rest of the pool keeps its own.
+#[tokio::test]
+async fn a_drained_server_closes_its_tunnels_with_1001_and_gets_no_new_ones() {
+    let a = named_ws_backend("a").await;
+    let b = named_ws_backend("b").await;
+    let (listen, admin) = (free_port(), free_port());
+    let path = temp_config("drain", &drain_config(listen, admin, a.addr, b.addr, false));
+    let mut daemon = Daemon::start(&["run", "-c", path.to_str().expect("utf-8")]);
+    let proxy: SocketAddr = ([127, 0, 0, 1], listen).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
+    daemon.wait_listening(proxy).await;
+    daemon.wait_listening(admin).await;
+
+    // Round robin: one tunnel on each server.
+    let (mut first, first_name) = open_tunnel(proxy).await;
+    let (mut second, second_name) = open_tunnel(proxy).await;
+    let mut names = [first_name.clone(), second_name];
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+    let (on_a, on_b) = if first_name == "a" {
+        (&mut first, &mut second)
+    } else {
+        (&mut second, &mut first)
+    };
+
+    std::fs::write(
+        &path,
+        drain_config(listen, admin.port(), a.addr, b.addr, true),
+    )
+    .expect("write");
+    daemon.sighup();
+    // The drained server's tunnel gets a clean Close within drain_timeout.
+    assert_eq!(client_close_code(on_b).await, Some(1001));
+    assert_eq!(server_status(admin, b.addr).await["state"], "draining");
+    // The other server's tunnel carries on.
+    on_a.send(Message::text("still here")).await.expect("send");
+    let echo = within(WAIT, on_a.next())
+        .await
+        .expect("echo")
+        .expect("read");
+    assert_eq!(echo.into_text().expect("text").as_str(), "still here");
+    // New tunnels go to the rest of the pool only.
+    for _ in 0..3 {
+        let (mut ws, name) = open_tunnel(proxy).await;
+        assert_eq!(name, "a");
+        let _ = ws.close(None).await;
+    }
+    eventually(WAIT, "the drained server holds no tunnel", || async {
+        server_status(admin, b.addr).await["open_tunnels"] == 0
+    })
+    .await;
+    assert_eq!(server_status(admin, a.addr).await["state"], "up");
+
+    drop((first, second));
+    daemon.sigterm();
+    let exit = daemon.wait_exit(WAIT).await;
+    assert_eq!(exit.code, Some(0), "{exit}");
+}

@@ -103,6 +103,8 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTlsConfig>,
     /// Default 30s.
     pub resolve_interval: Duration,
+    /// Default 5m: the window over which a draining server's tunnels are closed.
+    pub drain_timeout: Duration,
 }
 
 /// One entry of `servers`.
@@ -117,6 +119,8 @@ pub struct ServerConfig {
     pub weight: u32,
     /// Default false.
     pub backup: bool,
+    /// `drain = true`: no new requests or tunnels; open tunnels closed over `drain_timeout`.
+    pub drain: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

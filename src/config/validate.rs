@@ -537,6 +537,7 @@ upstream = "backend"
                 port: 3000,
                 weight: 1,
                 backup: false,
+                drain: false,
             }
         );
         let r = &c.routes[0];
@@ -630,6 +631,7 @@ host_header = "upstream"
                 port: 81,
                 weight: 7,
                 backup: true,
+                drain: false,
             }]
         );
         let r = &c.routes[0];

@@ -60,7 +60,9 @@ impl Server {
     /// Whether the server may be picked now: active checks (if any) let it in and passive
     /// health has not taken it out.
     pub fn is_available(&self) -> bool {
-        self.state.checked_up.load(Ordering::Relaxed) && self.state.health.is_available()
+        !self.state.is_draining()
+            && self.state.checked_up.load(Ordering::Relaxed)
+            && self.state.health.is_available()
     }
 
     /// Records a failure to reach the server; true when it took the server out.
@@ -79,7 +81,9 @@ impl Server {
 
     /// Whether the server may be picked, and if not, which health rule took it out.
     pub fn health(&self) -> Health {
-        if !self.state.checked_up.load(Ordering::Relaxed) {
+        if self.state.is_draining() {
+            Health::Draining
+        } else if !self.state.checked_up.load(Ordering::Relaxed) {
             Health::DownActive
         } else if !self.state.health.is_available() {
             Health::DownPassive
@@ -113,6 +117,8 @@ pub enum Health {
     DownPassive,
     /// Taken out by active health checks.
     DownActive,
+    /// Marked `drain` in the config: no new requests or tunnels; its tunnels are closing.
+    Draining,
 }
 
 impl Health {
@@ -121,6 +127,7 @@ impl Health {
             Health::Up => "up",
             Health::DownPassive => "down_passive",
             Health::DownActive => "down_active",
+            Health::Draining => "draining",
         }
     }
 }
@@ -290,6 +297,7 @@ impl Pool {
                     Arc::from(format!("{} ({addr})", server.addr).as_str())
                 };
                 let state = registry.state(&name, addr, &label, cfg.keepalive);
+                state.set_drain(server.drain, cfg.drain_timeout);
                 servers.push(Arc::new(Server {
                     addr,
                     authority: HeaderValue::from_str(&server.addr)

@@ -14,7 +14,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
 use prometheus_client::metrics::counter::Counter;
+use tokio_util::sync::CancellationToken;
 
 use super::connect::IdlePool;
 use super::health::HealthState;
@@ -38,6 +42,12 @@ pub struct ServerState {
     pub idle: Arc<IdlePool>,
     /// `sluice_upstream_connect_errors_total` for this server, looked up once.
     pub connect_errors: Counter,
+    /// `drain = true` in the current config: no new requests or tunnels.
+    draining: AtomicBool,
+    /// Cancelled when a drain starts; the server's tunnels wait on it.
+    drain_signal: CancellationToken,
+    /// The drain's `drain_timeout`, in milliseconds.
+    drain_window_ms: AtomicU64,
 }
 
 impl ServerState {
@@ -51,7 +61,28 @@ impl ServerState {
             tunnels: AtomicUsize::new(0),
             idle: Arc::new(IdlePool::new(keepalive)),
             connect_errors,
+            draining: AtomicBool::new(false),
+            drain_signal: CancellationToken::new(),
+            drain_window_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Applies the config's `drain` flag: starting a drain signals every open tunnel on
+    /// the server, which closes at a random moment within `window`. Unmarking the server
+    /// lets new requests and tunnels in again; tunnels already told to close still do.
+    pub fn set_drain(&self, drain: bool, window: Duration) {
+        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self.drain_window_ms.store(ms, Ordering::Relaxed);
+        let was = self.draining.swap(drain, Ordering::Relaxed);
+        if drain && !was {
+            tracing::info!(window = ?window, "server draining: its tunnels close over the window");
+            self.drain_signal.cancel();
+        }
+    }
+
+    /// Whether the server is marked `drain`.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Requests in flight and tunnels open on this server.
@@ -84,6 +115,16 @@ pub struct Active {
 }
 
 impl Active {
+    /// Resolves when the server's drain says this tunnel's turn has come: at a moment
+    /// picked at random within `drain_timeout` once the drain starts, so the clients do not
+    /// all reconnect in the same second.
+    pub async fn drained(&self) {
+        self.state.drain_signal.cancelled().await;
+        let window = self.state.drain_window_ms.load(Ordering::Relaxed);
+        let at = if window == 0 { 0 } else { random_below(window) };
+        tokio::time::sleep(Duration::from_millis(at)).await;
+    }
+
     /// The request became a tunnel: it now counts as one too, until dropped.
     pub fn into_tunnel(mut self) -> Active {
         if !self.tunnel {
@@ -101,6 +142,15 @@ impl Drop for Active {
             self.state.tunnels.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A number in `0..bound` (`bound` > 0), from the standard library's randomly seeded
+/// hasher: enough to spread closes, no cryptography needed.
+fn random_below(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(bound);
+    hasher.finish() % bound
 }
 
 /// Which server of which pool.

@@ -76,11 +76,7 @@ impl Cx {
             .integer(&f, "keepalive", 0, 65_536)
             .map_or(32, to_usize);
         let tls = self.upstream_tls(&f);
-        self.duration_not_yet(
-            &f,
-            "drain_timeout",
-            "draining a server's tunnels is not built yet",
-        );
+        let drain_timeout = self.duration(&f, "drain_timeout", Duration::from_secs(300), false);
         let resolve_interval =
             self.duration(&f, "resolve_interval", Duration::from_secs(30), false);
         Some(UpstreamConfig {
@@ -93,6 +89,7 @@ impl Cx {
             fail_timeout,
             health_check,
             keepalive,
+            drain_timeout,
             tls,
             resolve_interval,
         })
@@ -146,8 +143,8 @@ impl Cx {
         item: &'a Node,
         path: &str,
     ) -> Option<(ServerConfig, &'a Node, String)> {
-        let (addr_node, addr_path, weight, backup) = match &item.value {
-            Value::String(_) => (item, path.to_owned(), 1, false),
+        let (addr_node, addr_path, weight, backup, drain) = match &item.value {
+            Value::String(_) => (item, path.to_owned(), 1, false, false),
             Value::Table(table) => {
                 let f = Fields::new(
                     item,
@@ -159,16 +156,8 @@ impl Cx {
                 let addr = f.require("addr", "\"host:port\"", &mut self.problems);
                 let weight = self.integer(&f, "weight", 1, 1000).map_or(1, to_u32);
                 let backup = f.boolean("backup", &mut self.problems).unwrap_or(false);
-                if f.boolean("drain", &mut self.problems).is_some() {
-                    if let Some(node) = f.get("drain") {
-                        self.not_yet(
-                            node,
-                            &f.key_path("drain"),
-                            "draining a server's tunnels is not built yet",
-                        );
-                    }
-                }
-                (addr?, f.key_path("addr"), weight, backup)
+                let drain = f.boolean("drain", &mut self.problems).unwrap_or(false);
+                (addr?, f.key_path("addr"), weight, backup, drain)
             }
             _ => {
                 wrong_type(
@@ -191,6 +180,7 @@ impl Cx {
                     port,
                     weight,
                     backup,
+                    drain,
                 },
                 addr_node,
                 addr_path,

@@ -43,6 +43,9 @@ pub struct Frames {
     messages: u64,
     /// The first Close frame's code: `Some(None)` for a Close without one.
     close: Option<Option<u16>>,
+    /// `max_message_bytes` (`u64::MAX`: none), and the length of the message under way.
+    limit: u64,
+    message_len: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +53,9 @@ enum State {
     Header,
     Payload,
     Broken,
+    /// A frame would make its message longer than the limit: nothing from it on is
+    /// followed, and the stream is cut where its header starts (a frame boundary).
+    Over,
 }
 
 impl Frames {
@@ -68,6 +74,60 @@ impl Frames {
             close_code: [0; 2],
             messages: 0,
             close: None,
+            limit: u64::MAX,
+            message_len: 0,
+        }
+    }
+
+    /// Follows with `max_message_bytes`: see [`Frames::feed_limited`].
+    pub fn with_limit(mut self, limit: Option<u64>) -> Frames {
+        self.limit = limit.unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Whether a message went over the limit.
+    pub fn is_over(&self) -> bool {
+        self.state == State::Over
+    }
+
+    /// Follows `data` and returns how much of it may be passed on: all of it, unless a
+    /// frame in it makes its message longer than the limit; then the bytes before that
+    /// frame's header. (A header split over two reads has its first bytes passed on with
+    /// the first.)
+    pub fn feed_limited(&mut self, data: &[u8]) -> usize {
+        if self.limit == u64::MAX {
+            self.feed(data);
+            return data.len();
+        }
+        let mut passed = 0;
+        // Where the frame whose header is being read starts in `data` (0: in an earlier read).
+        let mut frame_start = 0;
+        while passed < data.len() && !self.is_over() && !self.is_broken() {
+            let start = passed;
+            if self.state == State::Header && self.have == 0 {
+                frame_start = start;
+            }
+            let step = match self.state {
+                State::Payload => {
+                    let left = data.len() - passed;
+                    if self.remaining < left as u64 {
+                        self.remaining as usize
+                    } else {
+                        left
+                    }
+                }
+                _ => usize::from(self.header_len() - self.have).min(data.len() - passed),
+            };
+            self.feed(&data[start..start + step]);
+            passed += step;
+            if self.is_over() {
+                return frame_start;
+            }
+        }
+        if self.is_over() {
+            0
+        } else {
+            data.len()
         }
     }
 
@@ -122,7 +182,7 @@ impl Frames {
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             match self.state {
-                State::Broken => return,
+                State::Broken | State::Over => return,
                 State::Payload => {
                     let n = if self.remaining < data.len() as u64 {
                         // Less than `data.len()`, so it fits.
@@ -212,6 +272,19 @@ impl Frames {
         if !valid {
             self.state = State::Broken;
             return;
+        }
+        if !control && self.limit != u64::MAX {
+            let before = if opcode == OP_CONTINUATION {
+                self.message_len
+            } else {
+                0
+            };
+            let total = before.saturating_add(len);
+            if total > self.limit {
+                self.state = State::Over;
+                return;
+            }
+            self.message_len = total;
         }
         // The key matters only for a Close frame's code: the one payload read.
         if opcode == OP_CLOSE {
@@ -340,6 +413,41 @@ mod tests {
             0,
             "at a boundary, nothing is taken"
         );
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_cut_where_its_crossing_frame_starts() {
+        let key = Some([5, 6, 7, 8]);
+        let small = frame(true, OP_TEXT, &[b'a'; 10], key);
+        let part = frame(false, OP_BINARY, &[1; 60], key);
+        let crossing = frame(true, OP_CONTINUATION, &[2; 60], key);
+        let mut stream = small.clone();
+        stream.extend(&part);
+        stream.extend(&crossing);
+        for step in [1, 3, 7, 50, stream.len()] {
+            let mut frames = Frames::new(Sender::Client).with_limit(Some(100));
+            let mut passed = 0;
+            for chunk in stream.chunks(step) {
+                let n = frames.feed_limited(chunk);
+                passed += n;
+                if frames.is_over() {
+                    break;
+                }
+                assert_eq!(n, chunk.len());
+            }
+            assert!(frames.is_over(), "split every {step}");
+            // Everything before the crossing frame's header passed; nothing of it did
+            // (a header split over reads may have its first bytes through).
+            let cut = small.len() + part.len();
+            assert!(
+                cut <= passed && passed < cut + 14,
+                "split every {step}: {passed}"
+            );
+            if step >= 50 {
+                assert_eq!(passed, cut);
+            }
+            assert_eq!(frames.messages(), 1);
+        }
     }
 
     #[test]

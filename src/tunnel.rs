@@ -56,6 +56,8 @@ pub struct Tunnel {
     pub metrics: Arc<RouteMetrics>,
     pub server: Arc<str>,
     pub idle_timeout: Duration,
+    /// The route's `max_message_bytes`.
+    pub max_message_bytes: Option<u64>,
     /// Held until the tunnel closes: a tunnel counts against the connection limits.
     pub permit: Arc<ConnPermit>,
     /// Held until the tunnel closes: its place under `max_tunnels_per_ip`.
@@ -73,6 +75,8 @@ enum End {
     Shutdown,
     /// Its server was marked `drain`.
     Drain,
+    /// A message went over `max_message_bytes`; the side that sent it.
+    TooBig(Initiator),
 }
 
 impl End {
@@ -83,6 +87,7 @@ impl End {
             End::Idle => "idle_timeout",
             End::Shutdown => "shutdown",
             End::Drain => "server_drain",
+            End::TooBig(_) => "max_message_bytes",
         }
     }
 }
@@ -105,13 +110,13 @@ impl Tunnel {
             upstream,
             up: Direction::new(
                 from_client,
-                Sender::Client,
+                (Sender::Client, self.max_message_bytes),
                 &self.metrics.bytes_in,
                 &self.metrics.messages_in,
             ),
             down: Direction::new(
                 from_upstream,
-                Sender::Server,
+                (Sender::Server, self.max_message_bytes),
                 &self.metrics.bytes_out,
                 &self.metrics.messages_out,
             ),
@@ -120,6 +125,7 @@ impl Tunnel {
             up_done: false,
             down_done: false,
             first: None,
+            sent_code: None,
         };
         let idle = activity.idle(self.idle_timeout);
         let cut = shutdown.cut();
@@ -139,7 +145,7 @@ impl Tunnel {
                 wakes = Some(Box::new(Wakes::new(cx.waker())));
             }
             if let Poll::Ready(result) = copy.poll(cx, wakes.as_deref()) {
-                return Poll::Ready(result.map(|()| End::Closed));
+                return Poll::Ready(result.map(|()| copy.ended()));
             }
             let timers = match wakes.as_deref() {
                 Some(w) => Wakes::take(&w.timers.0),
@@ -155,7 +161,7 @@ impl Tunnel {
                 wakes = None;
                 quiet_reads = reads;
                 if let Poll::Ready(result) = copy.poll(cx, None) {
-                    return Poll::Ready(result.map(|()| End::Closed));
+                    return Poll::Ready(result.map(|()| copy.ended()));
                 }
             }
             tick_reads = reads;
@@ -176,8 +182,14 @@ impl Tunnel {
             tracing::debug!(client = %self.client, route = &*self.route, cause = %err, "tunnel ended with an error");
             End::Error
         });
-        if matches!(end, End::Idle | End::Shutdown | End::Drain) {
-            copy.close_with(GOING_AWAY).await;
+        match end {
+            End::Idle | End::Shutdown | End::Drain => {
+                copy.close_with(GOING_AWAY, GOING_AWAY).await;
+            }
+            // The sender gets 1009, the other side 1001.
+            End::TooBig(Initiator::Client) => copy.close_with(TOO_BIG, GOING_AWAY).await,
+            End::TooBig(_) => copy.close_with(GOING_AWAY, TOO_BIG).await,
+            End::Closed | End::Error => {}
         }
         self.metrics.tunnel_closed(start.elapsed());
         let (code, initiator) = copy.close(end);
@@ -286,9 +298,14 @@ struct Direction {
 impl Direction {
     /// `counted` is the byte counter this direction adds to; the bytes hyper read ahead
     /// are counted here.
-    fn new(pre_read: Bytes, sender: Sender, counted: &Counter, messages: &Counter) -> Direction {
+    fn new(
+        pre_read: Bytes,
+        (sender, limit): (Sender, Option<u64>),
+        counted: &Counter,
+        messages: &Counter,
+    ) -> Direction {
         counted.inc_by(pre_read.len() as u64);
-        let mut frames = Frames::new(sender);
+        let mut frames = Frames::new(sender).with_limit(limit);
         frames.feed(&pre_read);
         messages.inc_by(frames.messages());
         Direction {
@@ -329,7 +346,8 @@ impl Direction {
             if self.close_sent || self.finished || self.eof || self.frames.is_broken() {
                 return Poll::Ready(Ok(()));
             }
-            if self.frames.at_boundary() {
+            // A cut over the limit is at a frame boundary too.
+            if self.frames.at_boundary() || self.frames.is_over() {
                 self.pending = Bytes::copy_from_slice(close);
                 self.close_sent = true;
                 continue;
@@ -403,6 +421,10 @@ impl Direction {
                 // An emptied view still holds its allocation.
                 self.pending = Bytes::new();
             }
+            if self.frames.is_over() {
+                // What came before the cut is written; the tunnel closes now.
+                return Poll::Ready(Ok(()));
+            }
             if self.eof {
                 if !self.finished {
                     // The other direction may still be talking: pass the half-close on.
@@ -431,12 +453,14 @@ impl Direction {
                 self.bytes += data.len() as u64;
                 counted.inc_by(data.len() as u64);
                 let before = self.frames.messages();
-                self.frames.feed(data);
+                let passed = self.frames.feed_limited(data);
                 let completed = self.frames.messages() - before;
                 if completed != 0 {
                     messages.inc_by(completed);
                 }
                 activity.touch();
+                // Over `max_message_bytes`: nothing from the crossing frame on goes on.
+                let data = &data[..passed];
                 let written = match Pin::new(&mut *dst).poll_write(cx, data) {
                     Poll::Ready(Ok(written)) => written,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -468,6 +492,8 @@ struct Copy<'a> {
     /// Who ended the tunnel first: the first side to send a Close frame, or else the
     /// first to end its stream.
     first: Option<Initiator>,
+    /// The code sluice closed with, if it did (1009 when a message was too big).
+    sent_code: Option<u16>,
 }
 
 /// Who started closing a tunnel: the `initiator` of `sluice_tunnel_closes_total`.
@@ -490,6 +516,9 @@ impl Initiator {
 
 /// `1001 Going Away`: sluice's Close code when it ends a tunnel itself (RFC 6455 §7.4.1).
 const GOING_AWAY: u16 = 1001;
+
+/// `1009 Message Too Big`: to the side that sent a message over `max_message_bytes`.
+const TOO_BIG: u16 = 1009;
 
 /// How long sluice waits for a frame boundary to put its Close at, and then for each side's
 /// Close in return (the SPEC's one second each).
@@ -525,16 +554,28 @@ fn mask_key() -> [u8; 4] {
 }
 
 impl Copy<'_> {
+    /// Why the copy finished: both sides closed, or a message went over the limit.
+    fn ended(&self) -> End {
+        if self.up.frames.is_over() {
+            End::TooBig(Initiator::Client)
+        } else if self.down.frames.is_over() {
+            End::TooBig(Initiator::Upstream)
+        } else {
+            End::Closed
+        }
+    }
+
     /// Ends the tunnel from sluice's side: a Close with `code` to each side at the next
     /// frame boundary of that direction (a direction that reaches none within a second is
     /// closed without one), then up to a second for each side's Close in return. A side
     /// that already closed, or whose bytes are not WebSocket framing, gets none.
-    async fn close_with(&mut self, code: u16) {
+    async fn close_with(&mut self, to_client: u16, to_upstream: u16) {
         if self.first.is_none() {
             self.first = Some(Initiator::Sluice);
         }
-        let to_upstream = close_frame(code, Some(mask_key()));
-        let to_client = close_frame(code, None);
+        self.sent_code = Some(to_client.max(to_upstream));
+        let to_upstream = close_frame(to_upstream, Some(mask_key()));
+        let to_client = close_frame(to_client, None);
         let inserted = std::future::poll_fn(|cx| {
             let up = self
                 .up
@@ -594,10 +635,13 @@ impl Copy<'_> {
         });
         let initiator = match (first, end) {
             (Some(side), _) => side,
-            (None, End::Idle | End::Shutdown | End::Drain) => Initiator::Sluice,
+            (None, End::Idle | End::Shutdown | End::Drain | End::TooBig(_)) => Initiator::Sluice,
             (None, End::Closed | End::Error) => Initiator::Client,
         };
-        let sent = (self.up.close_sent || self.down.close_sent).then_some(Some(GOING_AWAY));
+        let sent = self
+            .sent_code
+            .filter(|_| self.up.close_sent || self.down.close_sent)
+            .map(Some);
         let code = by_frame
             .iter()
             .find(|(side, _)| *side == initiator)
@@ -659,7 +703,8 @@ impl Copy<'_> {
                 Poll::Pending => {}
             }
         }
-        if self.up_done && self.down_done {
+        let over = self.up.frames.is_over() || self.down.frames.is_over();
+        if over || (self.up_done && self.down_done) {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending

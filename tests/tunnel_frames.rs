@@ -402,3 +402,70 @@ async fn a_drained_server_closes_its_tunnels_with_1001_and_gets_no_new_ones() {
     let exit = daemon.wait_exit(WAIT).await;
     assert_eq!(exit.code, Some(0), "{exit}");
 }
+
+/// `max_message_bytes`: the frame that crosses the limit is not passed on, nor anything
+/// after it; the sender gets Close 1009 and the other side Close 1001.
+#[tokio::test]
+async fn a_message_over_max_message_bytes_gets_1009_and_never_reaches_the_other_side() {
+    let (backend, mut closes) = close_reporting_backend().await;
+    let proxy = spawn_proxy(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{backend}"]
+
+[[route]]
+upstream = "app"
+max_message_bytes = 100
+"#
+    ))
+    .await;
+    let admin = proxy.admin.expect("admin");
+    let (mut ws, _) = ws_connect(&format!("ws://{}/", proxy.addr), &[])
+        .await
+        .expect("handshake");
+    ws.send(Message::text("a".repeat(100))).await.expect("send");
+    let echo = within(WAIT, ws.next()).await.expect("echo").expect("read");
+    assert_eq!(
+        echo.into_text().expect("text").len(),
+        100,
+        "at the limit, it passes"
+    );
+    ws.send(Message::text("b".repeat(101))).await.expect("send");
+    // The next thing the client gets is the Close: the big message never reached the
+    // backend, so no echo of it comes back.
+    match within(WAIT, ws.next()).await {
+        Some(Ok(Message::Close(frame))) => {
+            assert_eq!(frame.map(|f| u16::from(f.code)), Some(1009));
+        }
+        other => panic!("expected Close 1009, got {other:?}"),
+    }
+    let upstream_got = within(WAIT, closes.recv())
+        .await
+        .expect("the backend's report");
+    assert_eq!(upstream_got, Some(1001));
+    drop(ws);
+    eventually(WAIT, "the close is counted as sluice's 1009", || async {
+        let text = metrics(admin).await;
+        sample(
+            &text,
+            r#"sluice_tunnel_closes_total{route="/",code="1009",initiator="sluice"}"#,
+        ) == Some(1.0)
+    })
+    .await;
+    let text = metrics(admin).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"sluice_tunnel_messages_total{route="/",direction="in"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    proxy.shutdown().await;
+}

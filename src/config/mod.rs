@@ -178,6 +178,8 @@ pub struct RouteConfig {
     pub read_timeout: Duration,
     /// Default 1h.
     pub idle_timeout: Duration,
+    /// Tunnels: the longest message (all its fragments) passed on; default none.
+    pub max_message_bytes: Option<u64>,
 }
 
 impl RouteConfig {

@@ -359,6 +359,7 @@ async fn forward<'r>(
             metrics: Arc::clone(&route.metrics),
             server: Arc::clone(&server.label),
             idle_timeout: route.config.idle_timeout,
+            max_message_bytes: route.config.max_message_bytes,
             permit: Arc::clone(&conn.permit),
             tunnel_permit,
             active: active.into_tunnel(),

@@ -130,15 +130,9 @@ impl Cx {
             "ping_interval",
             "tunnels do not send pings yet; idle_timeout closes silent ones",
         );
-        if let Some(node) = f.get("max_message_bytes") {
-            if self.integer(f, "max_message_bytes", 1, i64::MAX).is_some() {
-                self.not_yet(
-                    node,
-                    &f.key_path("max_message_bytes"),
-                    "tunnels do not limit message sizes yet",
-                );
-            }
-        }
+        let max_message_bytes = self
+            .integer(f, "max_message_bytes", 1, i64::MAX)
+            .and_then(|n| u64::try_from(n).ok());
         Some(RouteConfig {
             index,
             host,
@@ -151,6 +145,7 @@ impl Cx {
             set_headers,
             read_timeout,
             idle_timeout,
+            max_message_bytes,
         })
     }
 

@@ -58,6 +58,8 @@ pub struct Tunnel {
     pub idle_timeout: Duration,
     /// The route's `max_message_bytes`.
     pub max_message_bytes: Option<u64>,
+    /// The route's `ping_interval`.
+    pub ping_interval: Option<Duration>,
     /// Held until the tunnel closes: a tunnel counts against the connection limits.
     pub permit: Arc<ConnPermit>,
     /// Held until the tunnel closes: its place under `max_tunnels_per_ip`.
@@ -77,6 +79,8 @@ enum End {
     Drain,
     /// A message went over `max_message_bytes`; the side that sent it.
     TooBig(Initiator),
+    /// A side sent nothing for a `ping_interval` after sluice pinged it.
+    Dead,
 }
 
 impl End {
@@ -88,6 +92,7 @@ impl End {
             End::Shutdown => "shutdown",
             End::Drain => "server_drain",
             End::TooBig(_) => "max_message_bytes",
+            End::Dead => "ping_timeout",
         }
     }
 }
@@ -131,6 +136,7 @@ impl Tunnel {
         let cut = shutdown.cut();
         let drained = self.active.drained();
         tokio::pin!(idle, cut, drained);
+        let mut pinger = self.ping_interval.map(Pinger::new);
         // While bytes move, one waker per wake-up reason; an idle tunnel goes back to the
         // task's own waker (polling everything on a wake-up), so it holds no more memory.
         let mut wakes: Option<Box<Wakes>> = None;
@@ -175,6 +181,17 @@ impl Tunnel {
             if drained.as_mut().poll(&mut cx).is_ready() {
                 return Poll::Ready(Ok(End::Drain));
             }
+            if let Some(pinger) = pinger.as_mut() {
+                while pinger.timer.poll_tick(&mut cx).is_ready() {
+                    if pinger.tick(&mut copy) {
+                        return Poll::Ready(Ok(End::Dead));
+                    }
+                }
+                // A Ping just queued is written now.
+                if let Poll::Ready(result) = copy.poll(&mut Context::from_waker(cx.waker()), None) {
+                    return Poll::Ready(result.map(|()| copy.ended()));
+                }
+            }
             Poll::Pending
         })
         .await
@@ -183,7 +200,7 @@ impl Tunnel {
             End::Error
         });
         match end {
-            End::Idle | End::Shutdown | End::Drain => {
+            End::Idle | End::Shutdown | End::Drain | End::Dead => {
                 copy.close_with(GOING_AWAY, GOING_AWAY).await;
             }
             // The sender gets 1009, the other side 1001.
@@ -370,6 +387,16 @@ impl Direction {
         }
     }
 
+    /// Whether sluice may put a frame of its own into this direction now: nothing is
+    /// waiting to be written, the destination is open, and the source is between frames.
+    fn can_insert(&self) -> bool {
+        self.pending.is_empty()
+            && !self.close_sent
+            && !self.finished
+            && !self.eof
+            && self.frames.at_boundary()
+    }
+
     /// Reads (and drops) what the source still sends, until its Close, its end, or
     /// anything that is not framing: the closing handshake's other half.
     fn poll_closing_reply(&mut self, cx: &mut Context<'_>, src: &mut Stream) -> Poll<()> {
@@ -514,6 +541,66 @@ impl Initiator {
     }
 }
 
+/// Half-open detection (`ping_interval`): every interval, a side that sent nothing since
+/// the last tick is sent a Ping at the next frame boundary towards it; a side that still
+/// sent nothing at the tick after is dead. Activity is the bytes each side sent, so any
+/// frame (a Pong, or data) keeps it alive; the Pongs go on to the other side as they are.
+struct Pinger {
+    timer: tokio::time::Interval,
+    /// Bytes the client and the upstream had sent at the last tick.
+    seen: [u64; 2],
+    /// Pinged at the last tick, and silent since.
+    pinged: [bool; 2],
+}
+
+impl Pinger {
+    fn new(every: Duration) -> Pinger {
+        let start = Instant::now() + every;
+        let mut timer = tokio::time::interval_at(start, every);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Pinger {
+            timer,
+            seen: [0; 2],
+            pinged: [false; 2],
+        }
+    }
+
+    /// One tick: pings each silent side; `true` when a pinged side is still silent.
+    fn tick(&mut self, copy: &mut Copy<'_>) -> bool {
+        let sent = [copy.up.bytes, copy.down.bytes];
+        for (side, now) in sent.into_iter().enumerate() {
+            if now != self.seen[side] {
+                self.seen[side] = now;
+                self.pinged[side] = false;
+                continue;
+            }
+            if self.pinged[side] {
+                return true;
+            }
+            // The client is pinged through the upstream-to-client direction, unmasked; the
+            // upstream through the other, masked as a client's frames are.
+            let (towards, ping) = if side == 0 {
+                (&mut copy.down, ping_frame(None))
+            } else {
+                (&mut copy.up, ping_frame(Some(mask_key())))
+            };
+            if towards.can_insert() {
+                towards.pending = Bytes::from(ping);
+                self.pinged[side] = true;
+            }
+        }
+        false
+    }
+}
+
+/// An empty Ping frame, masked with `mask` (towards the upstream) or not.
+fn ping_frame(mask: Option<[u8; 4]>) -> Vec<u8> {
+    match mask {
+        None => vec![0x89, 0x00],
+        Some(key) => vec![0x89, 0x80, key[0], key[1], key[2], key[3]],
+    }
+}
+
 /// `1001 Going Away`: sluice's Close code when it ends a tunnel itself (RFC 6455 §7.4.1).
 const GOING_AWAY: u16 = 1001;
 
@@ -635,7 +722,9 @@ impl Copy<'_> {
         });
         let initiator = match (first, end) {
             (Some(side), _) => side,
-            (None, End::Idle | End::Shutdown | End::Drain | End::TooBig(_)) => Initiator::Sluice,
+            (None, End::Idle | End::Shutdown | End::Drain | End::TooBig(_) | End::Dead) => {
+                Initiator::Sluice
+            }
             (None, End::Closed | End::Error) => Initiator::Client,
         };
         let sent = self

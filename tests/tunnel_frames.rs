@@ -469,3 +469,90 @@ max_message_bytes = 100
     );
     proxy.shutdown().await;
 }
+
+/// `ping_interval`: a side that stops reading and sending is pinged, found dead after
+/// another interval, and the tunnel is closed (Close 1001 to the other side); a side that
+/// answers the pings is not.
+#[tokio::test]
+async fn ping_interval_finds_a_half_open_client_and_spares_a_live_one() {
+    let (backend, mut closes) = close_reporting_backend().await;
+    let proxy = spawn_proxy(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{backend}"]
+
+[[route]]
+upstream = "app"
+ping_interval = "200ms"
+"#
+    ))
+    .await;
+    let admin = proxy.admin.expect("admin");
+
+    // A live client: tokio-tungstenite answers each Ping as it reads.
+    let (live, _) = ws_connect(&format!("ws://{}/", proxy.addr), &[])
+        .await
+        .expect("handshake");
+    let (mut live_tx, mut live_rx) = live.split();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = live_rx.next().await {
+            let _ = seen_tx.send(message);
+        }
+    });
+
+    // A half-open client: it completes the handshake, then neither reads nor sends.
+    let mut dead = RawClient::connect(proxy.addr).await;
+    dead.send(handshake("/", "app", "")).await;
+    assert_eq!(dead.read_response().await.status, 101);
+
+    // The dead client's tunnel is closed: its upstream gets Close 1001.
+    let upstream_got = within(WAIT, closes.recv())
+        .await
+        .expect("the backend's report");
+    assert_eq!(upstream_got, Some(1001));
+    eventually(
+        WAIT,
+        "the dead tunnel is counted closed by sluice",
+        || async {
+            let text = metrics(admin).await;
+            sample(
+                &text,
+                r#"sluice_tunnel_closes_total{route="/",code="1001",initiator="sluice"}"#,
+            ) == Some(1.0)
+        },
+    )
+    .await;
+
+    // The live client was pinged too, answered, and still works.
+    let mut pings = 0;
+    while pings < 3 {
+        match within(WAIT, seen.recv()).await {
+            Some(Message::Ping(_)) => pings += 1,
+            Some(_) => {}
+            None => panic!("the live client's tunnel closed"),
+        }
+    }
+    live_tx.send(Message::text("alive")).await.expect("send");
+    loop {
+        match within(WAIT, seen.recv()).await {
+            Some(Message::Text(text)) => {
+                assert_eq!(text.as_str(), "alive");
+                break;
+            }
+            // The upstream's answers to sluice's pings come through as they are.
+            Some(Message::Ping(_) | Message::Pong(_)) => {}
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+    drop(live_tx);
+    reader.abort();
+    drop(dead);
+    proxy.shutdown().await;
+}

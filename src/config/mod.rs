@@ -180,6 +180,8 @@ pub struct RouteConfig {
     pub idle_timeout: Duration,
     /// Tunnels: the longest message (all its fragments) passed on; default none.
     pub max_message_bytes: Option<u64>,
+    /// Tunnels: half-open detection; default none.
+    pub ping_interval: Option<Duration>,
 }
 
 impl RouteConfig {

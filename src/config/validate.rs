@@ -117,27 +117,6 @@ impl Cx {
             .push(node.span.clone(), path.to_owned(), message);
     }
 
-    /// `not supported yet (remove it; REASON)`, pointing at `node`.
-    fn not_yet(&mut self, node: &Node, path: &str, reason: &str) {
-        self.push(
-            node,
-            path,
-            format!("not supported yet (remove it; {reason})"),
-        );
-    }
-
-    /// A duration key whose behaviour is not built yet: checked for form, then refused.
-    fn duration_not_yet(&mut self, f: &Fields<'_>, key: &str, reason: &str) {
-        let Some(node) = f.get(key) else {
-            return;
-        };
-        let before = self.problems.len();
-        self.duration(f, key, Duration::ZERO, false);
-        if self.problems.len() == before {
-            self.not_yet(node, &f.key_path(key), reason);
-        }
-    }
-
     /// `node` as a table, or a "wrong type" problem (`hint` says what the table holds).
     fn table<'a>(&mut self, node: &'a Node, path: &str, hint: &str) -> Option<&'a Table> {
         match &node.value {

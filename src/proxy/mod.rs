@@ -360,6 +360,7 @@ async fn forward<'r>(
             server: Arc::clone(&server.label),
             idle_timeout: route.config.idle_timeout,
             max_message_bytes: route.config.max_message_bytes,
+            ping_interval: route.config.ping_interval,
             permit: Arc::clone(&conn.permit),
             tunnel_permit,
             active: active.into_tunnel(),

@@ -125,11 +125,9 @@ impl Cx {
         let set_headers = self.set_headers(f);
         let read_timeout = self.duration(f, "read_timeout", Duration::from_secs(60), false);
         let idle_timeout = self.duration(f, "idle_timeout", Duration::from_secs(3600), false);
-        self.duration_not_yet(
-            f,
-            "ping_interval",
-            "tunnels do not send pings yet; idle_timeout closes silent ones",
-        );
+        let ping_interval = f
+            .get("ping_interval")
+            .map(|_| self.duration(f, "ping_interval", Duration::from_secs(30), false));
         let max_message_bytes = self
             .integer(f, "max_message_bytes", 1, i64::MAX)
             .and_then(|n| u64::try_from(n).ok());
@@ -146,6 +144,7 @@ impl Cx {
             read_timeout,
             idle_timeout,
             max_message_bytes,
+            ping_interval,
         })
     }
 

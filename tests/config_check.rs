@@ -7,7 +7,7 @@
 //! Index: valid files (minimal, every key, the shipped example) · unknown keys · wrong
 //! types · missing keys · route → unknown upstream · addresses · durations · ranges ·
 //! CIDRs · route hosts · paths and origins · headers · servers entries · duplicates ·
-//! TOML syntax · several problems at once · unreadable files · "not supported yet" ·
+//! TOML syntax · several problems at once · unreadable files · keys once refused ·
 //! `run` with a bad file.
 
 use std::io::Read;
@@ -988,10 +988,10 @@ fn file_that_is_not_utf8() {
     );
 }
 
-// ---- not supported yet -------------------------------------------------------------------
+// ---- keys once refused as not supported yet -------------------------------------------------
 
 #[test]
-fn keys_not_supported_yet_are_refused_where_they_are() {
+fn keys_once_refused_as_not_supported_yet_are_all_accepted_now() {
     let out = check(
         r#"[proxy]
 resolver = "127.0.0.53:53"
@@ -1013,12 +1013,15 @@ health_check = { path = "/healthz", interval = "5s", timeout = "2s", healthy = 2
 resolve_interval = "30s"
 
 [upstream.b]
-servers = ["127.0.0.1:3001"]
+servers = ["127.0.0.1:3001", { addr = "127.0.0.1:3002", drain = true }]
 balance = "hash"
 tls = true
+drain_timeout = "2m"
 
 [[route]]
 upstream = "a"
+ping_interval = "30s"
+max_message_bytes = 1048576
 
 [admin]
 addr = "127.0.0.1:9901"
@@ -1033,7 +1036,7 @@ addr = "127.0.0.1:9901"
 }
 
 #[test]
-fn keys_not_supported_yet_are_checked_for_form_first() {
+fn keys_once_refused_are_checked_for_form() {
     let out = check(
         r#"[proxy]
 resolver = "localhost:53"

@@ -142,7 +142,12 @@ pub struct Metrics {
     /// Every route's counters by name, the newest handle of each, so totals include routes
     /// a reload removed.
     routes: Mutex<BTreeMap<Arc<str>, Arc<RouteMetrics>>>,
+    /// Closed tunnels by Close code and initiator, all routes together, for `/status`.
+    closes: Arc<Mutex<CloseCounts>>,
 }
+
+/// Closed tunnels by (Close code, initiator).
+pub type CloseCounts = BTreeMap<(String, &'static str), u64>;
 
 /// Totals over every route since start, for `/status`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -251,7 +256,16 @@ impl Metrics {
             connect_errors,
             reloads,
             routes: Mutex::default(),
+            closes: Arc::default(),
         }
+    }
+
+    /// Closed tunnels by Close code and initiator, all routes together.
+    pub fn closes(&self) -> CloseCounts {
+        self.closes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Sums every route's counters (those of routes since removed included).
@@ -294,6 +308,7 @@ impl Metrics {
             messages_in: self.tunnel_messages.get_or_create_owned(&direction("in")),
             messages_out: self.tunnel_messages.get_or_create_owned(&direction("out")),
             closes: self.tunnel_closes.clone(),
+            close_counts: Arc::clone(&self.closes),
             rejections: Rejection::ALL.map(|reason| {
                 self.rejections.get_or_create_owned(&RouteReason {
                     route: Arc::clone(name),
@@ -386,6 +401,7 @@ pub struct RouteMetrics {
     pub messages_out: Counter,
     /// Looked up once per tunnel, when it closes (the code is only known then).
     closes: Family<RouteClose, Counter>,
+    close_counts: Arc<Mutex<CloseCounts>>,
     rejections: [Counter; Rejection::ALL.len()],
 }
 
@@ -454,6 +470,12 @@ impl RouteMetrics {
                 initiator,
             })
             .inc();
+        *self
+            .close_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((code.to_owned(), initiator))
+            .or_default() += 1;
     }
 
     pub fn tunnel_closed(&self, open_for: Duration) {

@@ -84,6 +84,18 @@ async fn messages_are_counted_each_way_and_a_client_close_by_its_code() {
         ) == Some(1.0)
     })
     .await;
+    // /status (and the dashboard) list closes by code and initiator.
+    let mut client = RawClient::connect(admin).await;
+    client
+        .send("GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await;
+    let doc: serde_json::Value =
+        serde_json::from_str(&client.read_response().await.body_str()).expect("JSON");
+    assert_eq!(
+        doc["totals"]["closes"],
+        serde_json::json!([{ "code": "1000", "initiator": "client", "count": 1 }])
+    );
+    assert_eq!(doc["totals"]["messages_in"], 4);
     let text = metrics(admin).await;
     // Control frames (the Ping, the Pong, the Closes) are not messages.
     assert_eq!(

@@ -49,6 +49,15 @@ struct Totals {
     messages_in: u64,
     messages_out: u64,
     handshake_rejections: u64,
+    /// Closed tunnels by Close code and who closed first.
+    closes: Vec<Close>,
+}
+
+#[derive(Serialize)]
+struct Close {
+    code: String,
+    initiator: &'static str,
+    count: u64,
 }
 
 #[derive(Serialize)]
@@ -204,6 +213,16 @@ pub fn json(sources: &Sources) -> String {
             messages_in: totals.messages_in,
             messages_out: totals.messages_out,
             handshake_rejections: totals.rejections,
+            closes: sources
+                .metrics
+                .closes()
+                .into_iter()
+                .map(|((code, initiator), count)| Close {
+                    code,
+                    initiator,
+                    count,
+                })
+                .collect(),
         },
         listeners: sources
             .listeners

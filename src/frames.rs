@@ -94,6 +94,7 @@ impl Frames {
     /// frame in it makes its message longer than the limit; then the bytes before that
     /// frame's header. (A header split over two reads has its first bytes passed on with
     /// the first.)
+    #[inline]
     pub fn feed_limited(&mut self, data: &[u8]) -> usize {
         if self.limit == u64::MAX {
             self.feed(data);
@@ -179,6 +180,7 @@ impl Frames {
     }
 
     /// Follows `data`, the next bytes of the stream.
+    #[inline]
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             match self.state {

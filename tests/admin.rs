@@ -10,21 +10,12 @@ use support::dns::DnsServer;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-/// `GET path` on `addr` with extra header lines; the whole response.
 async fn get(addr: std::net::SocketAddr, path: &str, extra: &str) -> RawResponse {
-    let mut client = RawClient::connect(addr).await;
-    client
-        .send(format!(
-            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{extra}\r\n"
-        ))
-        .await;
-    client.read_response().await
+    admin_get(addr, path, extra).await
 }
 
 async fn metrics(admin: std::net::SocketAddr) -> String {
-    let response = get(admin, "/metrics", "").await;
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.body_str()
+    metrics_text(admin).await
 }
 
 async fn status(admin: std::net::SocketAddr) -> serde_json::Value {
@@ -33,14 +24,6 @@ async fn status(admin: std::net::SocketAddr) -> serde_json::Value {
     assert_eq!(response.header("content-type"), Some("application/json"));
     serde_json::from_str(&response.body_str())
         .unwrap_or_else(|e| panic!("/status is not JSON ({e}):\n{}", response.body_str()))
-}
-
-/// The value of the sample written exactly `series` (name and labels), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
 }
 
 #[track_caller]

@@ -15,18 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn metrics(admin: SocketAddr) -> String {
-    let mut client = RawClient::connect(admin).await;
-    client
-        .send("GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .await;
-    client.read_response().await.body_str()
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
+    metrics_text(admin).await
 }
 
 fn config(backend: SocketAddr) -> String {
@@ -85,12 +74,8 @@ async fn messages_are_counted_each_way_and_a_client_close_by_its_code() {
     })
     .await;
     // /status (and the dashboard) list closes by code and initiator.
-    let mut client = RawClient::connect(admin).await;
-    client
-        .send("GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .await;
     let doc: serde_json::Value =
-        serde_json::from_str(&client.read_response().await.body_str()).expect("JSON");
+        serde_json::from_str(&admin_get(admin, "/status", "").await.body_str()).expect("JSON");
     assert_eq!(
         doc["totals"]["closes"],
         serde_json::json!([{ "code": "1000", "initiator": "client", "count": 1 }])
@@ -342,12 +327,8 @@ upstream = "app"
 }
 
 async fn server_status(admin: SocketAddr, server: SocketAddr) -> serde_json::Value {
-    let mut client = RawClient::connect(admin).await;
-    client
-        .send("GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .await;
     let doc: serde_json::Value =
-        serde_json::from_str(&client.read_response().await.body_str()).expect("JSON");
+        serde_json::from_str(&admin_get(admin, "/status", "").await.body_str()).expect("JSON");
     doc["upstreams"][0]["servers"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["server"] == server.to_string()))

@@ -1144,3 +1144,32 @@ impl Daemon {
         panic!("sluice never listened on {addr}{exit}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The admin endpoint.
+
+/// `GET path` on `addr` with extra header lines (each ending in `\r\n`); the response.
+pub async fn admin_get(addr: SocketAddr, path: &str, extra: &str) -> RawResponse {
+    let mut client = RawClient::connect(addr).await;
+    client
+        .send(format!(
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{extra}\r\n"
+        ))
+        .await;
+    client.read_response().await
+}
+
+/// The admin endpoint's `/metrics`, in the classic text format.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    let response = admin_get(admin, "/metrics", "").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.body_str()
+}
+
+/// The value of the sample written exactly `series` (name and labels), if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}

@@ -215,6 +215,31 @@ addr = "127.0.0.1:8080"
 }
 
 #[test]
+fn a_drained_server_is_marked_in_the_summary() {
+    let out = check(
+        r#"[[listener]]
+addr = "0.0.0.0:8080"
+
+[upstream.backend]
+servers = ["127.0.0.1:3000", { addr = "127.0.0.1:3001", drain = true }]
+drain_timeout = "1m"
+
+[[route]]
+upstream = "backend"
+"#,
+    );
+    assert_ok(
+        &out,
+        &[
+            "ok: 1 listener, 1 route, 1 upstream (2 servers)",
+            "listener 0.0.0.0:8080",
+            "route / -> backend",
+            "upstream backend: round_robin, 127.0.0.1:3000, 127.0.0.1:3001 drain",
+        ],
+    );
+}
+
+#[test]
 fn every_supported_key_is_accepted() {
     let out = check(
         r#"[proxy]

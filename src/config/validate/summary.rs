@@ -63,6 +63,9 @@ pub(crate) fn summary(config: &Config) -> String {
             if server.backup {
                 out.push_str(" backup");
             }
+            if server.drain {
+                out.push_str(" drain");
+            }
         }
         if !config.routes.iter().any(|r| &r.upstream == name) {
             out.push_str(" (no route uses it)");

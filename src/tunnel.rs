@@ -567,6 +567,10 @@ impl Pinger {
 
     /// One tick: pings each silent side; `true` when a pinged side is still silent.
     fn tick(&mut self, copy: &mut Copy<'_>) -> bool {
+        if copy.up.frames.is_broken() || copy.down.frames.is_broken() {
+            // Not WebSocket framing: nothing of sluice's own goes into it.
+            return false;
+        }
         let sent = [copy.up.bytes, copy.down.bytes];
         for (side, now) in sent.into_iter().enumerate() {
             if now != self.seen[side] {
@@ -659,6 +663,10 @@ impl Copy<'_> {
     async fn close_with(&mut self, to_client: u16, to_upstream: u16) {
         if self.first.is_none() {
             self.first = Some(Initiator::Sluice);
+        }
+        if self.up.frames.is_broken() || self.down.frames.is_broken() {
+            // Not WebSocket framing (one side speaks something else): sluice adds nothing.
+            return;
         }
         self.sent_code = Some(to_client.max(to_upstream));
         let to_upstream = close_frame(to_upstream, Some(mask_key()));

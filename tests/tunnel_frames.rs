@@ -549,3 +549,52 @@ ping_interval = "200ms"
     drop(dead);
     proxy.shutdown().await;
 }
+
+/// A tunnel whose upstream does not speak WebSocket framing gets nothing of sluice's own
+/// when sluice ends it (here by `idle_timeout`): no Close frame either way, the sockets
+/// are just closed.
+#[tokio::test]
+async fn a_tunnel_that_is_not_websocket_gets_no_close_frame() {
+    const GARBAGE: &[u8] = b"not a frame \xff\xfe";
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let backend = raw_backend(move |mut stream| {
+        let got_tx = got_tx.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            if let Some((head, _)) = read_head(&mut stream).await {
+                let _ = stream.write_all(good_101(&head).as_bytes()).await;
+                let _ = stream.write_all(GARBAGE).await;
+                // Everything that comes after, until sluice closes the connection.
+                let mut rest = Vec::new();
+                let _ = within(WAIT, stream.read_to_end(&mut rest)).await;
+                let _ = got_tx.send(rest);
+            }
+        }
+    })
+    .await;
+    let proxy = spawn_proxy(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{}"]
+
+[[route]]
+upstream = "app"
+idle_timeout = "300ms"
+"#,
+        backend.addr
+    ))
+    .await;
+    let mut client = RawClient::connect(proxy.addr).await;
+    client.send(handshake("/", "app", "")).await;
+    assert_eq!(client.read_response().await.status, 101);
+    // The garbage, and then the end: no Close frame after it.
+    assert_eq!(client.read_to_close(WAIT).await, GARBAGE);
+    let upstream_got = within(WAIT, got.recv())
+        .await
+        .expect("the backend's report");
+    assert!(upstream_got.is_empty(), "the upstream got {upstream_got:?}");
+    proxy.shutdown().await;
+}

@@ -12,7 +12,9 @@
 //!   rewrite, forward, relay or upgrade, log) and its pure protocol rules.
 //! - [`stream`]: plain TCP or TLS over it, one type for every connection.
 //! - [`tls`]: certificates, TLS listeners (SNI) and TLS upstreams.
-//! - [`tunnel`]: the bidirectional copy after a checked `101`, with idle timeout and counters.
+//! - [`tunnel`]: the bidirectional copy after a checked `101`: idle timeout, pings, message
+//!   limits, drains, and sluice's own Close frames at frame boundaries.
+//! - [`frames`]: WebSocket framing followed as bytes pass, without buffering or altering them.
 //! - [`upstream`]: server pools, balancing, passive health, upstream connections.
 //! - [`resources`]: the file-descriptor limit, and running out of descriptors.
 //! - [`shutdown`]: stop-accepting signal and tracking of in-flight connections and tunnels.

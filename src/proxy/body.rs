@@ -17,6 +17,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::clock::{BodyEnd, HeadClock};
 use crate::metrics::RouteMetrics;
+use crate::upstream::body::BodyError;
 use crate::upstream::connect::{IdlePool, Sender};
 use crate::upstream::Active;
 
@@ -96,16 +97,13 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    /// `clock` is the connection's, for a request that has a body.
-    pub fn new(
-        inner: Incoming,
-        access: Option<Arc<Access>>,
-        clock: Option<HeadClock>,
-    ) -> RequestBody {
+    /// `clock` is the connection's. Only a request that has a body gets one: a request
+    /// without goes upstream as [`crate::upstream::body::OutgoingBody::empty`].
+    pub fn new(inner: Incoming, access: Option<Arc<Access>>, clock: HeadClock) -> RequestBody {
         RequestBody {
             inner,
             access,
-            clock,
+            clock: Some(clock),
         }
     }
 
@@ -134,12 +132,12 @@ fn body_failure(err: &hyper::Error) -> BodyEnd {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -159,7 +157,7 @@ impl Body for RequestBody {
             }
             Poll::Pending => {}
         }
-        polled
+        polled.map_err(BodyError::from)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -32,6 +32,7 @@ use crate::limits::{ConnPermit, Limits, TunnelPermit};
 use crate::metrics::{Rejection, RouteMetrics, NO_ROUTE};
 use crate::shutdown::Shutdown;
 use crate::stream::Stream;
+use crate::upstream::body::OutgoingBody;
 use crate::upstream::connect::{self, ConnectError, Sender};
 use crate::upstream::resolve::Resolver;
 use crate::upstream::{
@@ -320,9 +321,14 @@ async fn forward<'r>(
     if let Some(access) = access {
         access.set_server(&server.label);
     }
-    let body_clock = (!body.is_end_stream()).then(|| conn.clock.clone());
-    let upstream_req =
-        Request::from_parts(parts, RequestBody::new(body, access.cloned(), body_clock));
+    // A request without a body (most GETs, every handshake) sends none: nothing to count,
+    // time or allocate.
+    let upstream_body = if body.is_end_stream() {
+        OutgoingBody::empty()
+    } else {
+        OutgoingBody::streaming(RequestBody::new(body, access.cloned(), conn.clock.clone()))
+    };
+    let upstream_req = Request::from_parts(parts, upstream_body);
 
     let (mut response, sender) = exchange(
         sender,
@@ -489,7 +495,7 @@ fn check_handshake<'r>(
 /// is the client's doing, timed by `body_timeout`, and never blamed on the server.
 async fn exchange(
     sender: Sender,
-    req: Request<RequestBody>,
+    req: Request<OutgoingBody>,
     server: &Server,
     pool: &Pool,
     read_timeout: std::time::Duration,
@@ -557,7 +563,7 @@ async fn connect_any<'a>(
 /// back unsent; it then goes once more over a fresh connection to the same server.
 async fn send(
     mut sender: Sender,
-    req: Request<RequestBody>,
+    req: Request<OutgoingBody>,
     server: &Server,
     pool: &Pool,
 ) -> Result<(Response<Incoming>, Sender), ProxyError> {

@@ -16,11 +16,12 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
+use super::body::OutgoingBody;
 use crate::stream::Stream;
 use crate::tls::client::UpstreamTls;
 
 /// A sender on one upstream HTTP/1.1 connection; its connection task runs on its own.
-pub type Sender = SendRequest<crate::proxy::body::RequestBody>;
+pub type Sender = SendRequest<OutgoingBody>;
 
 /// How long an idle pooled connection is kept before it is closed, like nginx's upstream
 /// `keepalive_timeout` default (60 s). Servers commonly close idle connections after

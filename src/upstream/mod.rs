@@ -9,6 +9,7 @@
 //! and [`state::Registry`] hands each new snapshot the state of every server it keeps.
 
 pub mod balance;
+pub mod body;
 pub mod check;
 pub mod connect;
 pub mod health;

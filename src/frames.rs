@@ -10,6 +10,10 @@
 //! wrong masking for the direction) is marked broken and no longer followed: the tunnel
 //! relays it as it is.
 //!
+//! A read that holds whole single-frame messages from a frame boundary on (the usual case
+//! for small messages) is taken in one step per frame, without the state machine: it is
+//! what most reads are, and the tunnel pays for the tracking on every one of them.
+//!
 //! The state is a few bytes: a tunnel keeps two of these for its life.
 
 /// Which peer sends the bytes a tracker follows: a client masks every frame (RFC 6455
@@ -96,10 +100,22 @@ impl Frames {
     /// the first.)
     #[inline]
     pub fn feed_limited(&mut self, data: &[u8]) -> usize {
-        if self.limit == u64::MAX {
-            self.feed(data);
+        let rest = self.skip_messages(data);
+        if rest.is_empty() {
             return data.len();
         }
+        if self.limit == u64::MAX {
+            self.feed_slow(rest);
+            return data.len();
+        }
+        // The whole messages skipped were within the limit, and are passed on.
+        data.len() - rest.len() + self.feed_limited_slow(rest)
+    }
+
+    /// [`Frames::feed_limited`] a step at a time (a header, or a payload up to its frame's
+    /// end), so that the frame crossing the limit is known where its header starts.
+    #[cold]
+    fn feed_limited_slow(&mut self, data: &[u8]) -> usize {
         let mut passed = 0;
         // Where the frame whose header is being read starts in `data` (0: in an earlier read).
         let mut frame_start = 0;
@@ -119,7 +135,7 @@ impl Frames {
                 }
                 _ => usize::from(self.header_len() - self.have).min(data.len() - passed),
             };
-            self.feed(&data[start..start + step]);
+            self.feed_slow(&data[start..start + step]);
             passed += step;
             if self.is_over() {
                 return frame_start;
@@ -173,7 +189,7 @@ impl Frames {
                 }
                 _ => 1,
             };
-            self.feed(&data[taken..taken + step]);
+            self.feed_slow(&data[taken..taken + step]);
             taken += step;
         }
         taken
@@ -181,7 +197,64 @@ impl Frames {
 
     /// Follows `data`, the next bytes of the stream.
     #[inline]
-    pub fn feed(&mut self, mut data: &[u8]) {
+    pub fn feed(&mut self, data: &[u8]) {
+        let rest = self.skip_messages(data);
+        if !rest.is_empty() {
+            self.feed_slow(rest);
+        }
+    }
+
+    /// The common case in one step: at a frame boundary outside a fragmented message,
+    /// a FIN text or binary frame whose header and payload both lie in `data` is a whole
+    /// message. Each such frame at the start of `data` is counted and skipped, without
+    /// the header copy and per-frame state of [`Frames::feed_slow`]; what follows the
+    /// last of them (anything else, or a frame not ending in `data`) is returned for it.
+    ///
+    /// It only ever takes frames the slow path would take the same way: valid for the
+    /// direction's masking, no longer than the limit, with a 7- or 16-bit length (a
+    /// 64-bit one goes the slow way). The fields it leaves alone (`opcode`, `fin`,
+    /// `remaining`, `message_len`, the Close key) are only read once a header sets them.
+    #[inline]
+    fn skip_messages<'a>(&mut self, mut data: &'a [u8]) -> &'a [u8] {
+        if self.state != State::Header || self.have != 0 || self.in_message {
+            return data;
+        }
+        let mask_bit = match self.sender {
+            Sender::Client => 0x80,
+            Sender::Server => 0,
+        };
+        while let [first, second, ..] = *data {
+            // FIN with TEXT or BINARY (the reserved bits are not looked at, as in
+            // `header_done`), masked as the direction requires.
+            if !matches!(first & 0x8f, 0x81 | 0x82) || second & 0x80 != mask_bit {
+                break;
+            }
+            let (len, at) = match second & 0x7f {
+                126 => match *data {
+                    [_, _, high, low, ..] => (u64::from(u16::from_be_bytes([high, low])), 4),
+                    _ => break,
+                },
+                127 => break,
+                short => (u64::from(short), 2),
+            };
+            if len > self.limit {
+                break;
+            }
+            // The payload starts after the mask key, if any; `len` is at most 0xffff.
+            let end = at + usize::from(mask_bit >> 5) + len as usize;
+            match data.get(end..) {
+                Some(rest) => data = rest,
+                None => break,
+            }
+            self.messages += 1;
+        }
+        data
+    }
+
+    /// Follows `data` through the state machine: everything [`Frames::skip_messages`]
+    /// leaves (headers split over reads, payloads that do not end in this read, fragments,
+    /// control frames, 64-bit lengths, a stream that breaks the rules).
+    fn feed_slow(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             match self.state {
                 State::Broken | State::Over => return,
@@ -469,5 +542,118 @@ mod tests {
         let mut frames = Frames::new(Sender::Server);
         frames.feed(&frame(true, OP_CLOSE, b"", None));
         assert_eq!(frames.close(), Some(None));
+    }
+
+    /// What byte-by-byte feeding (never the one-step path) makes of `stream`.
+    fn one_byte_at_a_time(sender: Sender, stream: &[u8]) -> Frames {
+        let mut frames = Frames::new(sender);
+        for byte in stream.chunks(1) {
+            frames.feed(byte);
+        }
+        frames
+    }
+
+    fn same(a: &Frames, b: &Frames, what: &str) {
+        assert_eq!(a.messages(), b.messages(), "{what}");
+        assert_eq!(a.close(), b.close(), "{what}");
+        assert_eq!(a.is_broken(), b.is_broken(), "{what}");
+        assert_eq!(a.at_boundary(), b.at_boundary(), "{what}");
+    }
+
+    #[test]
+    fn whole_frames_in_one_read_agree_with_the_state_machine_at_every_split() {
+        for (sender, key) in [(Sender::Client, Some([3, 1, 4, 1])), (Sender::Server, None)] {
+            let mut stream = Vec::new();
+            stream.extend(frame(true, OP_BINARY, &[1; 64], key));
+            stream.extend(frame(true, OP_TEXT, b"", key));
+            stream.extend(frame(true, OP_TEXT, &[b'a'; 125], key));
+            stream.extend(frame(true, OP_BINARY, &[2; 126], key));
+            stream.extend(frame(true, OP_BINARY, &[3; 4096], key));
+            stream.extend(frame(false, OP_TEXT, b"frag", key));
+            stream.extend(frame(true, OP_PONG, b"", key));
+            stream.extend(frame(true, OP_CONTINUATION, b"ment", key));
+            stream.extend(frame(true, OP_BINARY, &[4; 70_000], key));
+            stream.extend(frame(true, OP_TEXT, b"last", key));
+            stream.extend(frame(true, OP_CLOSE, &1000u16.to_be_bytes(), key));
+            let want = one_byte_at_a_time(sender, &stream);
+            assert_eq!(want.messages(), 8);
+            assert_eq!(want.close(), Some(Some(1000)));
+            // Two reads, split at every point (a header split at each of its bytes among them).
+            for cut in 0..=stream.len() {
+                let mut frames = Frames::new(sender);
+                frames.feed(&stream[..cut]);
+                frames.feed(&stream[cut..]);
+                same(&frames, &want, &format!("{sender:?} cut at {cut}"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_and_payload_exactly_filling_a_read_end_at_a_boundary() {
+        let key = Some([7, 7, 7, 7]);
+        let short = frame(true, OP_BINARY, &[1; 64], key);
+        let medium = frame(true, OP_TEXT, &[b'b'; 300], key);
+        let mut frames = Frames::new(Sender::Client);
+        frames.feed(&short);
+        assert!(frames.at_boundary());
+        assert_eq!(frames.messages(), 1);
+        frames.feed(&medium);
+        assert!(frames.at_boundary());
+        assert_eq!(frames.messages(), 2);
+        // One byte short: the frame is left to the state machine, and ends with its last byte.
+        frames.feed(&short[..short.len() - 1]);
+        assert!(!frames.at_boundary());
+        assert_eq!(frames.messages(), 2);
+        frames.feed(&short[short.len() - 1..]);
+        assert!(frames.at_boundary());
+        assert_eq!(frames.messages(), 3);
+    }
+
+    #[test]
+    fn each_header_split_at_each_byte_reads_the_same() {
+        let key = Some([9, 9, 9, 9]);
+        for (sender, key) in [(Sender::Client, key), (Sender::Server, None)] {
+            for len in [0, 5, 125, 126, 1000, 65_535, 65_536] {
+                let whole = frame(true, OP_TEXT, &vec![b'x'; len], key);
+                let header = whole.len() - len;
+                for cut in 1..header {
+                    let mut frames = Frames::new(sender);
+                    frames.feed(&whole[..cut]);
+                    assert!(!frames.at_boundary());
+                    frames.feed(&whole[cut..]);
+                    assert!(frames.at_boundary(), "{sender:?} {len} cut at {cut}");
+                    assert_eq!(frames.messages(), 1, "{sender:?} {len} cut at {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_one_step_path_keeps_the_masking_rule_and_the_limit() {
+        // Unmasked from a client, masked from a server: broken, as before.
+        let mut frames = Frames::new(Sender::Client);
+        frames.feed(&frame(true, OP_BINARY, b"x", None));
+        assert!(frames.is_broken());
+        let mut frames = Frames::new(Sender::Server);
+        frames.feed(&frame(true, OP_BINARY, b"x", Some([1, 2, 3, 4])));
+        assert!(frames.is_broken());
+        // Whole messages before the one over the limit pass; the cut is where it starts.
+        let key = Some([1, 2, 3, 4]);
+        let at_limit = frame(true, OP_TEXT, &[b'a'; 100], key);
+        let over = frame(true, OP_BINARY, &[1; 101], key);
+        let mut stream = at_limit.clone();
+        stream.extend(&at_limit);
+        stream.extend(&over);
+        stream.extend(&at_limit);
+        let mut frames = Frames::new(Sender::Client).with_limit(Some(100));
+        assert_eq!(frames.feed_limited(&stream), 2 * at_limit.len());
+        assert!(frames.is_over());
+        assert_eq!(frames.messages(), 2);
+        assert_eq!(frames.feed_limited(&at_limit), 0);
+        // A whole message in a fragment's place is not one: a continuation was due.
+        let mut frames = Frames::new(Sender::Client);
+        frames.feed(&frame(false, OP_TEXT, b"a", key));
+        frames.feed(&frame(true, OP_TEXT, b"b", key));
+        assert!(frames.is_broken());
     }
 }

@@ -161,16 +161,23 @@ proptest! {
         let bytes = encode(&msgs, close, key);
         let (want_messages, want_close) = tungstenite_reads(bytes.clone());
         let mut frames = Frames::new(Sender::Client);
+        // With a limit no message reaches, `feed_limited` takes its own paths and passes
+        // every byte on.
+        let mut limited = Frames::new(Sender::Client).with_limit(Some(u64::MAX - 1));
         let mut rest = &bytes[..];
         let mut cuts = cuts.iter().cycle();
         while !rest.is_empty() {
             let n = cuts.next().copied().unwrap_or(1).min(rest.len());
             frames.feed(&rest[..n]);
+            prop_assert_eq!(limited.feed_limited(&rest[..n]), n);
             rest = &rest[n..];
         }
-        prop_assert!(!frames.is_broken());
-        prop_assert_eq!(frames.messages(), want_messages);
-        prop_assert_eq!(frames.close(), want_close);
-        prop_assert!(frames.at_boundary());
+        for frames in [&frames, &limited] {
+            prop_assert!(!frames.is_broken());
+            prop_assert!(!frames.is_over());
+            prop_assert_eq!(frames.messages(), want_messages);
+            prop_assert_eq!(frames.close(), want_close);
+            prop_assert!(frames.at_boundary());
+        }
     }
 }

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use crate::frames::{Frames, Sender};
 use crate::limits::{ConnPermit, TunnelPermit};
-use crate::metrics::RouteMetrics;
+use crate::metrics::{CloseCode, RouteMetrics};
 use crate::shutdown::Shutdown;
 use crate::stream::Stream;
 use crate::upstream::Active;
@@ -210,7 +210,7 @@ impl Tunnel {
         }
         self.metrics.tunnel_closed(start.elapsed());
         let (code, initiator) = copy.close(end);
-        self.metrics.tunnel_ended(&code, initiator);
+        self.metrics.tunnel_ended(code, initiator);
         tracing::info!(
             target: "access",
             kind = "tunnel",
@@ -225,7 +225,7 @@ impl Tunnel {
             bytes_out = copy.down.bytes,
             messages_in = copy.up.frames.messages(),
             messages_out = copy.down.frames.messages(),
-            close_code = &*code,
+            close_code = %code,
             close_initiator = initiator,
             end = end.as_str(),
         );
@@ -717,7 +717,7 @@ impl Copy<'_> {
     /// initiator's Close code (`1005` for a Close without one), or `none` when the tunnel
     /// ended without a Close frame. A tunnel sluice ended (idle, shutdown) without either
     /// side closing was ended by sluice.
-    fn close(&self, end: End) -> (std::borrow::Cow<'static, str>, &'static str) {
+    fn close(&self, end: End) -> (CloseCode, &'static str) {
         let by_frame = [
             (Initiator::Client, self.up.frames.close()),
             (Initiator::Upstream, self.down.frames.close()),
@@ -748,9 +748,8 @@ impl Copy<'_> {
             } else {
                 None
             })
-            .map_or(std::borrow::Cow::Borrowed("none"), |code| {
-                std::borrow::Cow::Owned(code.unwrap_or(1005).to_string())
-            });
+            .map(|code| code.unwrap_or(1005));
+        let code = CloseCode(code);
         (code, initiator.as_str())
     }
 

@@ -47,10 +47,11 @@ use crate::upstream::Active;
 /// One WebSocket tunnel about to open: who it is for and how long it may idle.
 pub struct Tunnel {
     pub client: SocketAddr,
-    /// The request's Host and target, copied out of hyper's read buffer (holding a slice of
-    /// it would keep the whole buffer alive for the tunnel's life).
-    pub host: Box<str>,
-    pub path: Box<str>,
+    /// The request's Host and then its target, copied out of hyper's read buffer in one
+    /// allocation (holding a slice of it would keep the whole buffer alive for the
+    /// tunnel's life); the Host is its first `host_len` bytes.
+    pub host_target: Box<str>,
+    pub host_len: usize,
     pub route: Arc<str>,
     /// The route's counters: tunnels open and opened, bytes, duration.
     pub metrics: Arc<RouteMetrics>,
@@ -215,8 +216,8 @@ impl Tunnel {
             target: "access",
             kind = "tunnel",
             client = %self.client,
-            host = &*self.host,
-            path = &*self.path,
+            host = self.host_target.get(..self.host_len).unwrap_or("-"),
+            path = self.host_target.get(self.host_len..).unwrap_or("-"),
             status = 101,
             route = &*self.route,
             server = &*self.server,

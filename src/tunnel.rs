@@ -61,8 +61,9 @@ pub struct Tunnel {
     pub max_message_bytes: Option<u64>,
     /// The route's `ping_interval`.
     pub ping_interval: Option<Duration>,
-    /// Held until the tunnel closes: a tunnel counts against the connection limits.
-    pub permit: Arc<ConnPermit>,
+    /// Held until the tunnel closes: a tunnel counts against the connection limits. Taken
+    /// over from its connection, which has none left once it upgraded.
+    pub permit: Option<ConnPermit>,
     /// Held until the tunnel closes: its place under `max_tunnels_per_ip`.
     pub tunnel_permit: Option<TunnelPermit>,
     /// Held until the tunnel closes: a tunnel counts as open on its server (`least_conn`).

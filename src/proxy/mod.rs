@@ -126,9 +126,11 @@ pub struct ConnContext {
     pub clock: HeadClock,
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub shutdown: Shutdown,
-    /// The connection's place under the connection limits; a tunnel keeps a share of it,
-    /// so a connection that became a tunnel still counts.
-    pub permit: Arc<ConnPermit>,
+    /// The connection's place under the connection limits, until its tunnel takes it:
+    /// a connection that became a tunnel still counts. A connection upgrades once at most,
+    /// so the lock is taken once, and the permit needs no allocation of its own to be
+    /// shared.
+    pub permit: std::sync::Mutex<Option<ConnPermit>>,
     /// For `max_tunnels_per_ip`.
     pub limits: Arc<Limits>,
     /// Unwraps the client's connection once it upgraded: the server knows its type.
@@ -361,7 +363,7 @@ async fn forward<'r>(
             idle_timeout: route.config.idle_timeout,
             max_message_bytes: route.config.max_message_bytes,
             ping_interval: route.config.ping_interval,
-            permit: Arc::clone(&conn.permit),
+            permit: conn.permit.lock().unwrap_or_else(|p| p.into_inner()).take(),
             tunnel_permit,
             active: active.into_tunnel(),
         };

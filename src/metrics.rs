@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -90,8 +92,66 @@ struct RouteDirection {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteClose {
     route: Arc<str>,
-    code: String,
+    code: CloseCode,
     initiator: &'static str,
+}
+
+/// A tunnel's Close code as a label: its digits, or `none` when no Close frame was sent.
+/// Kept as the number, so counting a closed tunnel whose label set exists allocates
+/// nothing (the text is written only when a scrape or `/status` asks for it).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct CloseCode(pub Option<u16>);
+
+impl CloseCode {
+    /// The label's text in a stack buffer: up to five digits, or `none`.
+    fn text(self) -> ([u8; 5], usize) {
+        let mut buf = [0u8; 5];
+        let Some(mut code) = self.0 else {
+            buf[..4].copy_from_slice(b"none");
+            return (buf, 4);
+        };
+        let mut len = 0;
+        loop {
+            // Digits least significant first, reversed below.
+            buf[len] = b'0' + (code % 10) as u8;
+            len += 1;
+            code /= 10;
+            if code == 0 {
+                break;
+            }
+        }
+        buf[..len].reverse();
+        (buf, len)
+    }
+}
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (buf, len) = self.text();
+        // Only ASCII digits or `none` are ever written into the buffer.
+        f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+/// Ordered as the text is, so `/status` lists the codes as it did when they were strings.
+impl Ord for CloseCode {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let (a, a_len) = self.text();
+        let (b, b_len) = other.text();
+        a[..a_len].cmp(&b[..b_len])
+    }
+}
+
+impl PartialOrd for CloseCode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl EncodeLabelValue for CloseCode {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        write!(encoder, "{self}")
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,7 +207,7 @@ pub struct Metrics {
 }
 
 /// Closed tunnels by (Close code, initiator).
-pub type CloseCounts = BTreeMap<(String, &'static str), u64>;
+pub type CloseCounts = BTreeMap<(CloseCode, &'static str), u64>;
 
 /// Totals over every route since start, for `/status`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -462,11 +522,11 @@ impl RouteMetrics {
     }
 
     /// Counts a closed tunnel by its Close code (`none` without one) and who closed first.
-    pub fn tunnel_ended(&self, code: &str, initiator: &'static str) {
+    pub fn tunnel_ended(&self, code: CloseCode, initiator: &'static str) {
         self.closes
             .get_or_create(&RouteClose {
                 route: Arc::clone(&self.name),
-                code: code.to_owned(),
+                code,
                 initiator,
             })
             .inc();
@@ -474,7 +534,7 @@ impl RouteMetrics {
             .close_counts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((code.to_owned(), initiator))
+            .entry((code, initiator))
             .or_default() += 1;
     }
 

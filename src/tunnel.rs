@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use crate::frames::{Frames, Sender};
 use crate::limits::{ConnPermit, TunnelPermit};
-use crate::metrics::RouteMetrics;
+use crate::metrics::{CloseCode, RouteMetrics};
 use crate::shutdown::Shutdown;
 use crate::stream::Stream;
 use crate::upstream::Active;
@@ -47,10 +47,11 @@ use crate::upstream::Active;
 /// One WebSocket tunnel about to open: who it is for and how long it may idle.
 pub struct Tunnel {
     pub client: SocketAddr,
-    /// The request's Host and target, copied out of hyper's read buffer (holding a slice of
-    /// it would keep the whole buffer alive for the tunnel's life).
-    pub host: Box<str>,
-    pub path: Box<str>,
+    /// The request's Host and then its target, copied out of hyper's read buffer in one
+    /// allocation (holding a slice of it would keep the whole buffer alive for the
+    /// tunnel's life); the Host is its first `host_len` bytes.
+    pub host_target: Box<str>,
+    pub host_len: usize,
     pub route: Arc<str>,
     /// The route's counters: tunnels open and opened, bytes, duration.
     pub metrics: Arc<RouteMetrics>,
@@ -60,8 +61,9 @@ pub struct Tunnel {
     pub max_message_bytes: Option<u64>,
     /// The route's `ping_interval`.
     pub ping_interval: Option<Duration>,
-    /// Held until the tunnel closes: a tunnel counts against the connection limits.
-    pub permit: Arc<ConnPermit>,
+    /// Held until the tunnel closes: a tunnel counts against the connection limits. Taken
+    /// over from its connection, which has none left once it upgraded.
+    pub permit: Option<ConnPermit>,
     /// Held until the tunnel closes: its place under `max_tunnels_per_ip`.
     pub tunnel_permit: Option<TunnelPermit>,
     /// Held until the tunnel closes: a tunnel counts as open on its server (`least_conn`).
@@ -210,13 +212,13 @@ impl Tunnel {
         }
         self.metrics.tunnel_closed(start.elapsed());
         let (code, initiator) = copy.close(end);
-        self.metrics.tunnel_ended(&code, initiator);
+        self.metrics.tunnel_ended(code, initiator);
         tracing::info!(
             target: "access",
             kind = "tunnel",
             client = %self.client,
-            host = &*self.host,
-            path = &*self.path,
+            host = self.host_target.get(..self.host_len).unwrap_or("-"),
+            path = self.host_target.get(self.host_len..).unwrap_or("-"),
             status = 101,
             route = &*self.route,
             server = &*self.server,
@@ -225,7 +227,7 @@ impl Tunnel {
             bytes_out = copy.down.bytes,
             messages_in = copy.up.frames.messages(),
             messages_out = copy.down.frames.messages(),
-            close_code = &*code,
+            close_code = %code,
             close_initiator = initiator,
             end = end.as_str(),
         );
@@ -717,7 +719,7 @@ impl Copy<'_> {
     /// initiator's Close code (`1005` for a Close without one), or `none` when the tunnel
     /// ended without a Close frame. A tunnel sluice ended (idle, shutdown) without either
     /// side closing was ended by sluice.
-    fn close(&self, end: End) -> (std::borrow::Cow<'static, str>, &'static str) {
+    fn close(&self, end: End) -> (CloseCode, &'static str) {
         let by_frame = [
             (Initiator::Client, self.up.frames.close()),
             (Initiator::Upstream, self.down.frames.close()),
@@ -748,9 +750,8 @@ impl Copy<'_> {
             } else {
                 None
             })
-            .map_or(std::borrow::Cow::Borrowed("none"), |code| {
-                std::borrow::Cow::Owned(code.unwrap_or(1005).to_string())
-            });
+            .map(|code| code.unwrap_or(1005));
+        let code = CloseCode(code);
         (code, initiator.as_str())
     }
 

@@ -218,7 +218,7 @@ pub fn json(sources: &Sources) -> String {
                 .closes()
                 .into_iter()
                 .map(|((code, initiator), count)| Close {
-                    code,
+                    code: code.to_string(),
                     initiator,
                     count,
                 })

@@ -127,9 +127,11 @@ pub struct ConnContext {
     pub clock: HeadClock,
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub shutdown: Shutdown,
-    /// The connection's place under the connection limits; a tunnel keeps a share of it,
-    /// so a connection that became a tunnel still counts.
-    pub permit: Arc<ConnPermit>,
+    /// The connection's place under the connection limits, until its tunnel takes it:
+    /// a connection that became a tunnel still counts. A connection upgrades once at most,
+    /// so the lock is taken once, and the permit needs no allocation of its own to be
+    /// shared.
+    pub permit: std::sync::Mutex<Option<ConnPermit>>,
     /// For `max_tunnels_per_ip`.
     pub limits: Arc<Limits>,
     /// Unwraps the client's connection once it upgraded: the server knows its type.
@@ -342,7 +344,7 @@ async fn forward<'r>(
     .map_err(fail)?;
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(key), Some(client_upgrade), Some((host, path))) =
+        let (Some(key), Some(client_upgrade), Some((host_target, host_len))) =
             (key, client_upgrade, client_target)
         else {
             return Err(fail(ProxyError::UnexpectedSwitch));
@@ -359,15 +361,15 @@ async fn forward<'r>(
         headers::rewrite_response(&mut parts.headers, true);
         let tunnel = crate::tunnel::Tunnel {
             client: conn.peer,
-            host,
-            path,
+            host_target,
+            host_len,
             route: Arc::clone(&route.label),
             metrics: Arc::clone(&route.metrics),
             server: Arc::clone(&server.label),
             idle_timeout: route.config.idle_timeout,
             max_message_bytes: route.config.max_message_bytes,
             ping_interval: route.config.ping_interval,
-            permit: Arc::clone(&conn.permit),
+            permit: conn.permit.lock().unwrap_or_else(|p| p.into_inner()).take(),
             tunnel_permit,
             active: active.into_tunnel(),
         };
@@ -592,15 +594,29 @@ async fn send(
     }
 }
 
-/// A tunnel's Host and target for its log line, as owned copies: hyper's parsed values are
-/// slices of the connection's read buffer, which they would keep alive for the tunnel's life.
-fn tunnel_target(parts: &http::request::Parts) -> (Box<str>, Box<str>) {
+/// A tunnel's Host and target for its log line, as one owned copy (the Host, then the
+/// target as the client sent it) and where the Host ends: hyper's parsed values are slices
+/// of the connection's read buffer, which they would keep alive for the tunnel's life. One
+/// allocation of the exact size, made once per handshake.
+fn tunnel_target(parts: &http::request::Parts) -> (Box<str>, usize) {
+    use std::fmt::Write as _;
     let host = parts
         .headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("-");
-    (Box::from(host), Box::from(parts.uri.to_string().as_str()))
+    let uri = &parts.uri;
+    // The length of the Uri's text as it writes itself: scheme "://", authority, path,
+    // "?" query.
+    let target_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1);
+    let mut text = String::with_capacity(host.len() + target_len);
+    text.push_str(host);
+    // Writing into a String cannot fail.
+    let _ = write!(text, "{uri}");
+    (text.into_boxed_str(), host.len())
 }
 
 /// The Host a request is for: the authority of an absolute-form target, which outranks

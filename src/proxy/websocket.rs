@@ -100,6 +100,24 @@ pub fn accept_for(key: &HeaderValue) -> String {
     tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes().trim_ascii())
 }
 
+/// The GUID RFC 6455 §1.3 appends to the key before hashing.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// [`accept_for`] in a stack buffer: base64 of a SHA-1 digest (20 bytes) is always 28
+/// characters. Checked once per handshake, so it allocates nothing.
+fn accept_bytes(key: &HeaderValue) -> [u8; 28] {
+    use sha1::Digest as _;
+    let mut sha = sha1::Sha1::new();
+    sha.update(key.as_bytes().trim_ascii());
+    sha.update(ACCEPT_GUID);
+    let digest = sha.finalize();
+    let mut out = [0u8; 28];
+    // 20 bytes encode to exactly 28 characters, so the buffer always fits; were it not
+    // to, the zeroes left would match no header value and the `101` would be refused.
+    let _ = base64::engine::general_purpose::STANDARD.encode_slice(digest, &mut out);
+    out
+}
+
 /// Why an upstream `101` is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadSwitch {
@@ -116,9 +134,7 @@ pub fn check_switch(response: &HeaderMap, key: &HeaderValue) -> Result<(), BadSw
     }
     let mut accepts = response.get_all(SEC_WEBSOCKET_ACCEPT).iter();
     match (accepts.next(), accepts.next()) {
-        (Some(accept), None) if accept.as_bytes().trim_ascii() == accept_for(key).as_bytes() => {
-            Ok(())
-        }
+        (Some(accept), None) if accept.as_bytes().trim_ascii() == accept_bytes(key) => Ok(()),
         _ => Err(BadSwitch::Accept),
     }
 }
@@ -242,6 +258,15 @@ mod tests {
             classify(&get, Version::HTTP_10, &headers(&valid)),
             Upgrade::InvalidWebSocket { .. }
         ));
+    }
+
+    /// The stack version says what tungstenite's does, for keys of any shape.
+    #[test]
+    fn accept_bytes_matches_accept_for() {
+        for key in [KEY, "  x3JJHMbDL1EzLkh9GBhXDw==  ", "", "not base64 at all"] {
+            let key = HeaderValue::from_str(key).expect("a valid header value");
+            assert_eq!(accept_bytes(&key), accept_for(&key).as_bytes());
+        }
     }
 
     #[test]

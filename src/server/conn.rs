@@ -71,7 +71,7 @@ pub async fn serve(
         clock,
         runtime,
         shutdown: shutdown.clone(),
-        permit: Arc::new(permit),
+        permit: std::sync::Mutex::new(Some(permit)),
         limits,
         client_socket: ClientIo::upgraded_socket,
     });

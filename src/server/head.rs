@@ -54,8 +54,10 @@ pub struct ClientIo {
     stream: Stream,
     clock: HeadClock,
     timeouts: Timeouts,
-    /// The head timer in odd epochs, the body timer in even ones.
-    read_sleep: Pin<Box<Sleep>>,
+    /// The head timer in odd epochs, the body timer in even ones; made on the first read
+    /// that has to wait, so a connection whose request is there at once (a WebSocket
+    /// handshake, most often) never allocates it.
+    read_sleep: Option<Pin<Box<Sleep>>>,
     /// The epoch the read timer state belongs to.
     read_epoch: u32,
     /// The read timer is set for the current wait.
@@ -87,7 +89,7 @@ impl ClientIo {
             stream,
             clock: clock.clone(),
             timeouts,
-            read_sleep: Box::pin(tokio::time::sleep_until(deadline(timeouts.header))),
+            read_sleep: None,
             read_epoch: 0,
             read_armed: false,
             started: false,
@@ -115,11 +117,15 @@ impl ClientIo {
 
     /// Sets the read timer to `timeout` from now, once per wait, and polls it.
     fn read_timer_fired(&mut self, timeout: Duration, cx: &mut Context<'_>) -> bool {
-        if !self.read_armed {
-            self.read_armed = true;
-            self.read_sleep.as_mut().reset(deadline(timeout));
+        match self.read_sleep.as_mut() {
+            Some(sleep) if !self.read_armed => sleep.as_mut().reset(deadline(timeout)),
+            Some(_) => {}
+            None => self.read_sleep = Some(Box::pin(tokio::time::sleep_until(deadline(timeout)))),
         }
-        self.read_sleep.as_mut().poll(cx).is_ready()
+        self.read_armed = true;
+        self.read_sleep
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
     }
 
     /// A write that made no progress races the send timer; one that did disarms it.

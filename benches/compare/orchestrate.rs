@@ -316,7 +316,7 @@ pub fn run(plan: &Plan) -> Result<()> {
             },
             notes: notes
                 .iter()
-                .filter(|n| n.group.map_or(true, |g| g == group))
+                .filter(|n| n.group.is_none_or(|g| g == group))
                 .map(|n| n.text.clone())
                 .collect(),
             rounds: plan.rounds,

@@ -82,7 +82,7 @@ pub fn is_valid_authority(value: &[u8]) -> bool {
             None => (value, None),
         }
     };
-    let port_ok = port.map_or(true, |p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
     let host_ok = value.starts_with(b"[") || (!host.is_empty() && is_reg_name(host));
     port_ok && host_ok
 }

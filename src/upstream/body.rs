@@ -63,7 +63,7 @@ impl Body for OutgoingBody {
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        self.0.as_ref().map_or(true, |body| body.is_end_stream())
+        self.0.as_ref().is_none_or(|body| body.is_end_stream())
     }
 
     #[inline]

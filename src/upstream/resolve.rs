@@ -49,18 +49,22 @@ impl Resolver {
     /// `resolve_interval`) and must see a moved name at once.
     fn resolver(&self) -> std::io::Result<&TokioResolver> {
         let built = self.inner.get_or_init(|| {
-            let mut options = ResolverOpts::default();
-            options.cache_size = 0;
-            options.attempts = 1;
-            let builder = match self.server {
+            let mut builder = match self.server {
                 Some(addr) => {
                     let mut config = ResolverConfig::new();
                     config.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
                     TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+                        .with_options(ResolverOpts::default())
                 }
+                // `/etc/resolv.conf`'s name servers, search list and options (`ndots`,
+                // `timeout`, …), as the system's own resolver would use them: in a pod,
+                // a short name like `app-headless` resolves through the search list.
                 None => TokioResolver::builder_tokio().map_err(|e| e.to_string())?,
             };
-            Ok(builder.with_options(options).build())
+            let options = builder.options_mut();
+            options.cache_size = 0;
+            options.attempts = 1;
+            Ok(builder.build())
         });
         built
             .as_ref()

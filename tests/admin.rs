@@ -589,3 +589,59 @@ async fn an_admin_address_in_use_stops_the_start() {
         "{exit}"
     );
 }
+
+/// The admin listener serves at most 64 connections at once: a 65th is not answered
+/// while 64 are held open, and is served as soon as one of them closes. The proxy's own
+/// listener is not affected by a full admin endpoint.
+#[tokio::test]
+async fn the_admin_endpoint_serves_64_connections_at_once_and_the_next_when_one_closes() {
+    let http = named_backend("a").await;
+    let proxy = spawn_proxy(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[upstream.app]
+servers = ["{}"]
+
+[[route]]
+upstream = "app"
+"#,
+        http.addr
+    ))
+    .await;
+    let admin = admin_of(&proxy);
+    let healthz = "GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n";
+
+    // 64 keep-alive connections, each answered once and then held open (well within the
+    // admin's 10 s head timeout).
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut client = RawClient::connect(admin).await;
+        client.send(healthz).await;
+        assert_eq!(client.read_response().await.status, 200);
+        held.push(client);
+    }
+
+    let mut waiting = RawClient::connect(admin).await;
+    waiting.send(healthz).await;
+    let (early, closed) = waiting
+        .idle_read(std::time::Duration::from_millis(300))
+        .await;
+    assert!(
+        early.is_empty() && !closed,
+        "a 65th admin connection was served while 64 were open: {:?}",
+        String::from_utf8_lossy(&early)
+    );
+    // The proxy serves its own clients meanwhile.
+    assert_eq!(http_get(proxy.addr, "app", "/").await.status, 200);
+
+    drop(held.pop());
+    let served = waiting.read_response().await;
+    assert_eq!((served.status, served.body_str().as_str()), (200, "ok\n"));
+    drop(held);
+    proxy.shutdown().await;
+}

@@ -100,19 +100,20 @@ impl End {
 }
 
 impl Tunnel {
-    /// Copies between the two sides until the tunnel ends, and logs it.
-    pub async fn run(
-        self,
+    /// Opens the tunnel (counted from here) on both sides' streams and the bytes hyper read
+    /// past each head: the copy state that [`Tunnel::run`] then drives.
+    ///
+    /// Built apart from `run`, and both borrowed rather than moved, because an async fn
+    /// stores its by-value arguments beside its locals for its whole life: a tunnel, its
+    /// streams and its copy state would each be held twice by every idle tunnel's task.
+    pub fn open<'a>(
+        &'a self,
         (client, from_client): (Stream, Bytes),
         (upstream, from_upstream): (Stream, Bytes),
-        shutdown: Shutdown,
-    ) {
-        let start = Instant::now();
+        activity: &'a Activity,
+    ) -> Copy<'a> {
         self.metrics.tunnel_opened();
-        let activity = Activity {
-            reads: AtomicU64::new(0),
-        };
-        let mut copy = Copy {
+        Copy {
             client,
             upstream,
             up: Direction::new(
@@ -127,13 +128,19 @@ impl Tunnel {
                 &self.metrics.bytes_out,
                 &self.metrics.messages_out,
             ),
-            activity: &activity,
+            activity,
             metrics: &self.metrics,
             up_done: false,
             down_done: false,
             first: None,
             sent_code: None,
-        };
+        }
+    }
+
+    /// Copies between the two sides until the tunnel ends, and logs it. `copy` is what
+    /// [`Tunnel::open`] made of this tunnel, and `activity` what it counts reads in.
+    pub async fn run(&self, copy: &mut Copy<'_>, activity: &Activity, shutdown: &Shutdown) {
+        let start = Instant::now();
         let idle = activity.idle(self.idle_timeout);
         let cut = shutdown.cut();
         let drained = self.active.drained();
@@ -185,7 +192,7 @@ impl Tunnel {
             }
             if let Some(pinger) = pinger.as_mut() {
                 while pinger.timer.poll_tick(&mut cx).is_ready() {
-                    if pinger.tick(&mut copy) {
+                    if pinger.tick(copy) {
                         return Poll::Ready(Ok(End::Dead));
                     }
                 }
@@ -236,7 +243,8 @@ impl Tunnel {
 
 /// Whether bytes moved, for the idle timeout: each read bumps a counter, and the idle
 /// timer looks at it every `timeout / IDLE_CHECKS`. No clock is read per read.
-struct Activity {
+#[derive(Default)]
+pub struct Activity {
     reads: AtomicU64,
 }
 
@@ -507,7 +515,7 @@ impl Direction {
 }
 
 /// Both directions of a tunnel; done when both have passed their end of stream on.
-struct Copy<'a> {
+pub struct Copy<'a> {
     client: Stream,
     upstream: Stream,
     /// Client → upstream.

@@ -208,14 +208,17 @@ impl Tunnel {
             tracing::debug!(client = %self.client, route = &*self.route, cause = %err, "tunnel ended with an error");
             End::Error
         });
-        match end {
-            End::Idle | End::Shutdown | End::Drain | End::Dead => {
-                copy.close_with(GOING_AWAY, GOING_AWAY).await;
-            }
+        // The closing handshake's state (two frames, its timer) is boxed while it runs:
+        // inline, it would widen every tunnel's task by its size for the tunnel's life.
+        let codes = match end {
+            End::Idle | End::Shutdown | End::Drain | End::Dead => Some((GOING_AWAY, GOING_AWAY)),
             // The sender gets 1009, the other side 1001.
-            End::TooBig(Initiator::Client) => copy.close_with(TOO_BIG, GOING_AWAY).await,
-            End::TooBig(_) => copy.close_with(GOING_AWAY, TOO_BIG).await,
-            End::Closed | End::Error => {}
+            End::TooBig(Initiator::Client) => Some((TOO_BIG, GOING_AWAY)),
+            End::TooBig(_) => Some((GOING_AWAY, TOO_BIG)),
+            End::Closed | End::Error => None,
+        };
+        if let Some((to_client, to_upstream)) = codes {
+            Box::pin(copy.close_with(to_client, to_upstream)).await;
         }
         self.metrics.tunnel_closed(start.elapsed());
         let (code, initiator) = copy.close(end);

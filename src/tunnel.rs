@@ -141,10 +141,10 @@ impl Tunnel {
     /// [`Tunnel::open`] made of this tunnel, and `activity` what it counts reads in.
     pub async fn run(&self, copy: &mut Copy<'_>, activity: &Activity, shutdown: &Shutdown) {
         let start = Instant::now();
-        let idle = activity.idle(self.idle_timeout);
+        let (mut idle, idle_sleep) = Idle::new(self.idle_timeout, activity);
         let cut = shutdown.cut();
         let drained = self.active.drained();
-        tokio::pin!(idle, cut, drained);
+        tokio::pin!(idle_sleep, cut, drained);
         let mut pinger = self.ping_interval.map(Pinger::new);
         // While bytes move, one waker per wake-up reason; an idle tunnel goes back to the
         // task's own waker (polling everything on a wake-up), so it holds no more memory.
@@ -184,7 +184,7 @@ impl Tunnel {
             if cut.as_mut().poll(&mut cx).is_ready() {
                 return Poll::Ready(Ok(End::Shutdown));
             }
-            if idle.as_mut().poll(&mut cx).is_ready() {
+            if idle.poll(idle_sleep.as_mut(), &mut cx, activity).is_ready() {
                 return Poll::Ready(Ok(End::Idle));
             }
             if drained.as_mut().poll(&mut cx).is_ready() {
@@ -260,40 +260,71 @@ impl Activity {
     fn touch(&self) {
         self.reads.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// Resolves once nothing has moved for `timeout`. A timeout too large for the clock
-    /// never fires.
-    async fn idle(&self, timeout: Duration) {
-        if timeout.is_zero() {
-            return;
-        }
+/// The idle timeout: resolves once nothing has moved for `timeout`, looking at
+/// [`Activity`] every `timeout / IDLE_CHECKS`. Its timer is kept apart (pinned by the
+/// caller) and the rest is a plain struct, rather than an async fn, because an async fn
+/// keeps its arguments beside its locals: this is held by every idle tunnel.
+struct Idle {
+    step: Duration,
+    /// Ticks in a row that must see nothing move; 0 closes at the first poll (a zero
+    /// timeout).
+    needed: u32,
+    /// Ticks in a row that saw nothing move. A tick that sees movement comes after it,
+    /// so the tunnel is never closed early, and at most one `step` late.
+    quiet: u32,
+    /// `Activity::reads` at the last tick.
+    seen: u64,
+    /// The timeout is too large for the clock: it never fires.
+    never: bool,
+}
+
+impl Idle {
+    /// The check and its timer, first due a `step` from now.
+    fn new(timeout: Duration, activity: &Activity) -> (Idle, tokio::time::Sleep) {
         let step = (timeout / IDLE_CHECKS).max(Duration::from_millis(1));
-        if Instant::now().checked_add(timeout).is_none() {
-            return std::future::pending().await;
+        // `step` is at least 1 ms and at least `timeout / IDLE_CHECKS`: this is at most
+        // `IDLE_CHECKS + 1` unless the timeout is under 16 ms.
+        let needed = timeout.as_nanos().div_ceil(step.as_nanos());
+        let idle = Idle {
+            step,
+            needed: u32::try_from(needed).unwrap_or(u32::MAX),
+            quiet: 0,
+            seen: activity.reads.load(Ordering::Relaxed),
+            never: Instant::now().checked_add(timeout).is_none(),
+        };
+        (idle, tokio::time::sleep(step))
+    }
+
+    /// Ready once `needed` ticks in a row saw no read.
+    fn poll(
+        &mut self,
+        mut sleep: Pin<&mut tokio::time::Sleep>,
+        cx: &mut Context<'_>,
+        activity: &Activity,
+    ) -> Poll<()> {
+        if self.needed == 0 {
+            return Poll::Ready(());
         }
-        let mut seen = self.reads.load(Ordering::Relaxed);
-        // Ticks in a row that saw nothing move. A tick that sees movement comes after it,
-        // so the tunnel is never closed early, and at most one `step` late.
-        let mut quiet = 0;
-        let sleep = tokio::time::sleep(step);
-        tokio::pin!(sleep);
-        loop {
-            sleep.as_mut().await;
-            let reads = self.reads.load(Ordering::Relaxed);
-            if reads == seen {
-                quiet += 1;
-                if quiet * step >= timeout {
-                    return;
+        while !self.never {
+            std::task::ready!(sleep.as_mut().poll(cx));
+            let reads = activity.reads.load(Ordering::Relaxed);
+            if reads == self.seen {
+                self.quiet += 1;
+                if self.quiet >= self.needed {
+                    return Poll::Ready(());
                 }
             } else {
-                seen = reads;
-                quiet = 0;
+                self.seen = reads;
+                self.quiet = 0;
             }
-            let Some(next) = sleep.deadline().checked_add(step) else {
-                return std::future::pending().await;
-            };
-            sleep.as_mut().reset(next);
+            match sleep.deadline().checked_add(self.step) {
+                Some(next) => sleep.as_mut().reset(next),
+                None => self.never = true,
+            }
         }
+        Poll::Pending
     }
 }
 

@@ -100,19 +100,20 @@ impl End {
 }
 
 impl Tunnel {
-    /// Copies between the two sides until the tunnel ends, and logs it.
-    pub async fn run(
-        self,
+    /// Opens the tunnel (counted from here) on both sides' streams and the bytes hyper read
+    /// past each head: the copy state that [`Tunnel::run`] then drives.
+    ///
+    /// Built apart from `run`, and both borrowed rather than moved, because an async fn
+    /// stores its by-value arguments beside its locals for its whole life: a tunnel, its
+    /// streams and its copy state would each be held twice by every idle tunnel's task.
+    pub fn open<'a>(
+        &'a self,
         (client, from_client): (Stream, Bytes),
         (upstream, from_upstream): (Stream, Bytes),
-        shutdown: Shutdown,
-    ) {
-        let start = Instant::now();
+        activity: &'a Activity,
+    ) -> Copy<'a> {
         self.metrics.tunnel_opened();
-        let activity = Activity {
-            reads: AtomicU64::new(0),
-        };
-        let mut copy = Copy {
+        Copy {
             client,
             upstream,
             up: Direction::new(
@@ -127,35 +128,42 @@ impl Tunnel {
                 &self.metrics.bytes_out,
                 &self.metrics.messages_out,
             ),
-            activity: &activity,
+            activity,
             metrics: &self.metrics,
             up_done: false,
             down_done: false,
             first: None,
             sent_code: None,
-        };
-        let idle = activity.idle(self.idle_timeout);
+        }
+    }
+
+    /// Copies between the two sides until the tunnel ends, and logs it. `copy` is what
+    /// [`Tunnel::open`] made of this tunnel, and `activity` what it counts reads in.
+    pub async fn run(&self, copy: &mut Copy<'_>, activity: &Activity, shutdown: &Shutdown) {
+        let start = Instant::now();
+        let (mut idle, idle_sleep) = Idle::new(self.idle_timeout, activity);
         let cut = shutdown.cut();
         let drained = self.active.drained();
-        tokio::pin!(idle, cut, drained);
+        tokio::pin!(idle_sleep, cut, drained);
         let mut pinger = self.ping_interval.map(Pinger::new);
         // While bytes move, one waker per wake-up reason; an idle tunnel goes back to the
         // task's own waker (polling everything on a wake-up), so it holds no more memory.
-        let mut wakes: Option<Box<Wakes>> = None;
+        // Inline rather than boxed: one allocation fewer per tunnel that moved bytes lately.
+        let mut wakes: Option<Wakes> = None;
         // `activity.reads` when the tunnel last went idle, and at the idle timer's last tick.
         let mut quiet_reads = 0;
         let mut tick_reads = 0;
         let end = std::future::poll_fn(|cx| {
             let reads = activity.reads.load(Ordering::Relaxed);
-            let stale = wakes.as_ref().is_some_and(|w| !w.task.will_wake(cx.waker()));
+            let stale = wakes.as_ref().is_some_and(|w| !w.up.0.task.will_wake(cx.waker()));
             if stale || (wakes.is_none() && reads != quiet_reads) {
                 // All flags start set, so everything is polled (and registered) now.
-                wakes = Some(Box::new(Wakes::new(cx.waker())));
+                wakes = Some(Wakes::new(cx.waker()));
             }
-            if let Poll::Ready(result) = copy.poll(cx, wakes.as_deref()) {
+            if let Poll::Ready(result) = copy.poll(cx, wakes.as_ref()) {
                 return Poll::Ready(result.map(|()| copy.ended()));
             }
-            let timers = match wakes.as_deref() {
+            let timers = match wakes.as_ref() {
                 Some(w) => Wakes::take(&w.timers.0),
                 None => true,
             };
@@ -173,11 +181,11 @@ impl Tunnel {
                 }
             }
             tick_reads = reads;
-            let mut cx = Context::from_waker(wakes.as_deref().map_or(cx.waker(), |w| &w.timers.1));
+            let mut cx = Context::from_waker(wakes.as_ref().map_or(cx.waker(), |w| &w.timers.1));
             if cut.as_mut().poll(&mut cx).is_ready() {
                 return Poll::Ready(Ok(End::Shutdown));
             }
-            if idle.as_mut().poll(&mut cx).is_ready() {
+            if idle.poll(idle_sleep.as_mut(), &mut cx, activity).is_ready() {
                 return Poll::Ready(Ok(End::Idle));
             }
             if drained.as_mut().poll(&mut cx).is_ready() {
@@ -185,7 +193,7 @@ impl Tunnel {
             }
             if let Some(pinger) = pinger.as_mut() {
                 while pinger.timer.poll_tick(&mut cx).is_ready() {
-                    if pinger.tick(&mut copy) {
+                    if pinger.tick(copy) {
                         return Poll::Ready(Ok(End::Dead));
                     }
                 }
@@ -201,14 +209,17 @@ impl Tunnel {
             tracing::debug!(client = %self.client, route = &*self.route, cause = %err, "tunnel ended with an error");
             End::Error
         });
-        match end {
-            End::Idle | End::Shutdown | End::Drain | End::Dead => {
-                copy.close_with(GOING_AWAY, GOING_AWAY).await;
-            }
+        // The closing handshake's state (two frames, its timer) is boxed while it runs:
+        // inline, it would widen every tunnel's task by its size for the tunnel's life.
+        let codes = match end {
+            End::Idle | End::Shutdown | End::Drain | End::Dead => Some((GOING_AWAY, GOING_AWAY)),
             // The sender gets 1009, the other side 1001.
-            End::TooBig(Initiator::Client) => copy.close_with(TOO_BIG, GOING_AWAY).await,
-            End::TooBig(_) => copy.close_with(GOING_AWAY, TOO_BIG).await,
-            End::Closed | End::Error => {}
+            End::TooBig(Initiator::Client) => Some((TOO_BIG, GOING_AWAY)),
+            End::TooBig(_) => Some((GOING_AWAY, TOO_BIG)),
+            End::Closed | End::Error => None,
+        };
+        if let Some((to_client, to_upstream)) = codes {
+            Box::pin(copy.close_with(to_client, to_upstream)).await;
         }
         self.metrics.tunnel_closed(start.elapsed());
         let (code, initiator) = copy.close(end);
@@ -236,7 +247,8 @@ impl Tunnel {
 
 /// Whether bytes moved, for the idle timeout: each read bumps a counter, and the idle
 /// timer looks at it every `timeout / IDLE_CHECKS`. No clock is read per read.
-struct Activity {
+#[derive(Default)]
+pub struct Activity {
     reads: AtomicU64,
 }
 
@@ -249,40 +261,71 @@ impl Activity {
     fn touch(&self) {
         self.reads.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// Resolves once nothing has moved for `timeout`. A timeout too large for the clock
-    /// never fires.
-    async fn idle(&self, timeout: Duration) {
-        if timeout.is_zero() {
-            return;
-        }
+/// The idle timeout: resolves once nothing has moved for `timeout`, looking at
+/// [`Activity`] every `timeout / IDLE_CHECKS`. Its timer is kept apart (pinned by the
+/// caller) and the rest is a plain struct, rather than an async fn, because an async fn
+/// keeps its arguments beside its locals: this is held by every idle tunnel.
+struct Idle {
+    step: Duration,
+    /// Ticks in a row that must see nothing move; 0 closes at the first poll (a zero
+    /// timeout).
+    needed: u32,
+    /// Ticks in a row that saw nothing move. A tick that sees movement comes after it,
+    /// so the tunnel is never closed early, and at most one `step` late.
+    quiet: u32,
+    /// `Activity::reads` at the last tick.
+    seen: u64,
+    /// The timeout is too large for the clock: it never fires.
+    never: bool,
+}
+
+impl Idle {
+    /// The check and its timer, first due a `step` from now.
+    fn new(timeout: Duration, activity: &Activity) -> (Idle, tokio::time::Sleep) {
         let step = (timeout / IDLE_CHECKS).max(Duration::from_millis(1));
-        if Instant::now().checked_add(timeout).is_none() {
-            return std::future::pending().await;
+        // `step` is at least 1 ms and at least `timeout / IDLE_CHECKS`: this is at most
+        // `IDLE_CHECKS + 1` unless the timeout is under 16 ms.
+        let needed = timeout.as_nanos().div_ceil(step.as_nanos());
+        let idle = Idle {
+            step,
+            needed: u32::try_from(needed).unwrap_or(u32::MAX),
+            quiet: 0,
+            seen: activity.reads.load(Ordering::Relaxed),
+            never: Instant::now().checked_add(timeout).is_none(),
+        };
+        (idle, tokio::time::sleep(step))
+    }
+
+    /// Ready once `needed` ticks in a row saw no read.
+    fn poll(
+        &mut self,
+        mut sleep: Pin<&mut tokio::time::Sleep>,
+        cx: &mut Context<'_>,
+        activity: &Activity,
+    ) -> Poll<()> {
+        if self.needed == 0 {
+            return Poll::Ready(());
         }
-        let mut seen = self.reads.load(Ordering::Relaxed);
-        // Ticks in a row that saw nothing move. A tick that sees movement comes after it,
-        // so the tunnel is never closed early, and at most one `step` late.
-        let mut quiet = 0;
-        let sleep = tokio::time::sleep(step);
-        tokio::pin!(sleep);
-        loop {
-            sleep.as_mut().await;
-            let reads = self.reads.load(Ordering::Relaxed);
-            if reads == seen {
-                quiet += 1;
-                if quiet * step >= timeout {
-                    return;
+        while !self.never {
+            std::task::ready!(sleep.as_mut().poll(cx));
+            let reads = activity.reads.load(Ordering::Relaxed);
+            if reads == self.seen {
+                self.quiet += 1;
+                if self.quiet >= self.needed {
+                    return Poll::Ready(());
                 }
             } else {
-                seen = reads;
-                quiet = 0;
+                self.seen = reads;
+                self.quiet = 0;
             }
-            let Some(next) = sleep.deadline().checked_add(step) else {
-                return std::future::pending().await;
-            };
-            sleep.as_mut().reset(next);
+            match sleep.deadline().checked_add(self.step) {
+                Some(next) => sleep.as_mut().reset(next),
+                None => self.never = true,
+            }
         }
+        Poll::Pending
     }
 }
 
@@ -507,7 +550,7 @@ impl Direction {
 }
 
 /// Both directions of a tunnel; done when both have passed their end of stream on.
-struct Copy<'a> {
+pub struct Copy<'a> {
     client: Stream,
     upstream: Stream,
     /// Client → upstream.
@@ -814,8 +857,6 @@ impl Copy<'_> {
 /// direction whose sockets had no event is not polled (its wakers stay registered), nor
 /// are the idle timer and the shutdown cut unless they fired.
 struct Wakes {
-    /// The task's own waker, which every flag wakes after setting itself.
-    task: Waker,
     /// The client's read side or the upstream's write side.
     up: (Arc<Flag>, Waker),
     /// The upstream's read side or the client's write side.
@@ -836,7 +877,6 @@ impl Wakes {
             (flag, waker)
         };
         Wakes {
-            task: task.clone(),
             up: flag(),
             down: flag(),
             timers: flag(),
@@ -852,6 +892,8 @@ impl Wakes {
 /// A waker that records that it was used, then wakes the task.
 struct Flag {
     set: AtomicBool,
+    /// The task's own waker, which the flag wakes after setting itself; `up`'s is also
+    /// what a poll compares with the task's current waker to see the flags are stale.
     task: Waker,
 }
 

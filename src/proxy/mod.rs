@@ -421,7 +421,11 @@ fn start_tunnel(
             tracing::error!(client = %tunnel.client, route = &*tunnel.route, "tunnel sockets are not sluice's own");
             return;
         };
-        tunnel.run(client, upstream, shutdown).await;
+        // Each piece of state is a local of this task's own future, held once: `run` only
+        // borrows them.
+        let activity = crate::tunnel::Activity::default();
+        let mut copy = tunnel.open(client, upstream, &activity);
+        tunnel.run(&mut copy, &activity, &shutdown).await;
     });
 }
 

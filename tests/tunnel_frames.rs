@@ -19,6 +19,11 @@ async fn metrics(admin: SocketAddr) -> String {
 }
 
 fn config(backend: SocketAddr) -> String {
+    config_with(backend, "")
+}
+
+/// One listener, the admin endpoint, and one route to `backend` with `route_keys` added.
+fn config_with(backend: SocketAddr, route_keys: &str) -> String {
     format!(
         r#"
 [[listener]]
@@ -32,6 +37,7 @@ servers = ["{backend}"]
 
 [[route]]
 upstream = "app"
+{route_keys}
 "#
     )
 }
@@ -220,23 +226,7 @@ async fn client_close_code(ws: &mut WsClient) -> Option<u16> {
 #[tokio::test]
 async fn an_idle_timeout_sends_1001_to_both_sides() {
     let (backend, mut closes) = close_reporting_backend().await;
-    let proxy = spawn_proxy(&format!(
-        r#"
-[[listener]]
-addr = "127.0.0.1:0"
-
-[admin]
-addr = "127.0.0.1:0"
-
-[upstream.app]
-servers = ["{backend}"]
-
-[[route]]
-upstream = "app"
-idle_timeout = "300ms"
-"#
-    ))
-    .await;
+    let proxy = spawn_proxy(&config_with(backend, "idle_timeout = \"300ms\"")).await;
     let admin = proxy.admin.expect("admin");
     let (mut ws, _) = ws_connect(&format!("ws://{}/", proxy.addr), &[])
         .await
@@ -401,23 +391,7 @@ async fn a_drained_server_closes_its_tunnels_with_1001_and_gets_no_new_ones() {
 #[tokio::test]
 async fn a_message_over_max_message_bytes_gets_1009_and_never_reaches_the_other_side() {
     let (backend, mut closes) = close_reporting_backend().await;
-    let proxy = spawn_proxy(&format!(
-        r#"
-[[listener]]
-addr = "127.0.0.1:0"
-
-[admin]
-addr = "127.0.0.1:0"
-
-[upstream.app]
-servers = ["{backend}"]
-
-[[route]]
-upstream = "app"
-max_message_bytes = 100
-"#
-    ))
-    .await;
+    let proxy = spawn_proxy(&config_with(backend, "max_message_bytes = 100")).await;
     let admin = proxy.admin.expect("admin");
     let (mut ws, _) = ws_connect(&format!("ws://{}/", proxy.addr), &[])
         .await
@@ -469,23 +443,7 @@ max_message_bytes = 100
 #[tokio::test]
 async fn ping_interval_finds_a_half_open_client_and_spares_a_live_one() {
     let (backend, mut closes) = close_reporting_backend().await;
-    let proxy = spawn_proxy(&format!(
-        r#"
-[[listener]]
-addr = "127.0.0.1:0"
-
-[admin]
-addr = "127.0.0.1:0"
-
-[upstream.app]
-servers = ["{backend}"]
-
-[[route]]
-upstream = "app"
-ping_interval = "200ms"
-"#
-    ))
-    .await;
+    let proxy = spawn_proxy(&config_with(backend, "ping_interval = \"200ms\"")).await;
     let admin = proxy.admin.expect("admin");
 
     // A live client: tokio-tungstenite answers each Ping as it reads.

@@ -224,6 +224,58 @@ upstream = "app"
     assert_eq!(exit.code, Some(0), "{exit}");
 }
 
+/// Idle upstream connections are kept per worker: with two workers, requests that arrive
+/// one after another on new client connections (spread over both workers' sockets by the
+/// kernel) reuse at most one upstream connection per worker.
+#[tokio::test]
+async fn two_workers_reuse_their_own_idle_upstream_connections() {
+    let backend = named_backend("x").await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let config = format!(
+        r#"
+[[listener]]
+addr = "{addr}"
+
+[upstream.app]
+servers = ["{}"]
+
+[[route]]
+upstream = "app"
+"#,
+        backend.addr
+    );
+    let path = temp_config("pools", &config);
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("TOKIO_WORKER_THREADS", "2")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sluice");
+    let mut daemon = Daemon {
+        child,
+        cmd: "sluice run (2 workers)".into(),
+    };
+    daemon.wait_listening(addr).await;
+    // wait_listening's probe connections carry no request, so they open nothing upstream.
+    for i in 0..20 {
+        let r = http_get(addr, "h", &format!("/{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(backend.count(), 20);
+    assert!(
+        (1..=2).contains(&backend.connections()),
+        "20 requests one after another opened {} upstream connections; with keep-alive, \
+         each of the 2 workers should have reused its own",
+        backend.connections()
+    );
+    daemon.sigterm();
+    let exit = daemon.wait_exit(WAIT).await;
+    assert_eq!(exit.code, Some(0), "{exit}");
+}
+
 #[tokio::test]
 async fn json_log_format_writes_json_lines_with_an_access_line() {
     let backend = ws_echo_backend().await;

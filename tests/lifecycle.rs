@@ -172,47 +172,50 @@ upstream = "app"
     drop(taken);
 }
 
-/// With a worker per core, each worker has its own `SO_REUSEPORT` socket on a listener's
-/// address; a second sluice on the same address must still be refused, not share it.
-#[tokio::test]
-async fn a_second_sluice_on_the_same_address_exits_1() {
-    let backend = named_backend("x").await;
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+/// A config file with one listener on a free port and one route to `backend`.
+fn one_route_on_a_free_port(name: &str, backend: SocketAddr) -> (SocketAddr, std::path::PathBuf) {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let config = format!(
         r#"
 [[listener]]
 addr = "{addr}"
 
 [upstream.app]
-servers = ["{}"]
+servers = ["{backend}"]
 
 [[route]]
 upstream = "app"
-"#,
-        backend.addr
+"#
     );
-    let path = temp_config("twice", &config);
-    let start = |workers: &str| {
-        let bin = env!("CARGO_BIN_EXE_sluice");
-        tokio::process::Command::new(bin)
-            .args(["run", "-c", path.to_str().unwrap()])
-            .env("TOKIO_WORKER_THREADS", workers)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn sluice")
-    };
-    let mut first = Daemon {
-        child: start("2"),
-        cmd: "sluice run (first, 2 workers)".into(),
-    };
+    (addr, temp_config(name, &config))
+}
+
+/// `sluice run -c PATH` with two workers (`TOKIO_WORKER_THREADS=2`).
+fn two_workers(path: &std::path::Path, which: &str) -> Daemon {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "-c", path.to_str().expect("a UTF-8 temp path")])
+        .env("TOKIO_WORKER_THREADS", "2")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sluice");
+    Daemon {
+        child,
+        cmd: format!("sluice run ({which}, 2 workers)"),
+    }
+}
+
+/// With a worker per core, each worker has its own `SO_REUSEPORT` socket on a listener's
+/// address; a second sluice on the same address must still be refused, not share it.
+#[tokio::test]
+async fn a_second_sluice_on_the_same_address_exits_1() {
+    let backend = named_backend("x").await;
+    let (addr, path) = one_route_on_a_free_port("twice", backend.addr);
+    let mut first = two_workers(&path, "first");
     first.wait_listening(addr).await;
-    let second = Daemon {
-        child: start("2"),
-        cmd: "sluice run (second, 2 workers)".into(),
-    };
+    let second = two_workers(&path, "second");
     let exit = second.wait_exit(WAIT).await;
     assert_eq!(exit.code, Some(1), "{exit}");
     assert!(exit.stderr.contains("in use"), "{exit}");
@@ -230,34 +233,8 @@ upstream = "app"
 #[tokio::test]
 async fn two_workers_reuse_their_own_idle_upstream_connections() {
     let backend = named_backend("x").await;
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let config = format!(
-        r#"
-[[listener]]
-addr = "{addr}"
-
-[upstream.app]
-servers = ["{}"]
-
-[[route]]
-upstream = "app"
-"#,
-        backend.addr
-    );
-    let path = temp_config("pools", &config);
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "-c", path.to_str().unwrap()])
-        .env("TOKIO_WORKER_THREADS", "2")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn sluice");
-    let mut daemon = Daemon {
-        child,
-        cmd: "sluice run (2 workers)".into(),
-    };
+    let (addr, path) = one_route_on_a_free_port("pools", backend.addr);
+    let mut daemon = two_workers(&path, "pools");
     daemon.wait_listening(addr).await;
     // wait_listening's probe connections carry no request, so they open nothing upstream.
     for i in 0..20 {

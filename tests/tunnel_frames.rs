@@ -18,6 +18,17 @@ async fn metrics(admin: SocketAddr) -> String {
     metrics_text(admin).await
 }
 
+/// Waits until `/metrics` counts one closed tunnel on route `/` with Close `code` (or
+/// `none`) and `initiator`.
+async fn wait_for_close(admin: SocketAddr, what: &'static str, code: &str, initiator: &str) {
+    let series =
+        format!(r#"sluice_tunnel_closes_total{{route="/",code="{code}",initiator="{initiator}"}}"#);
+    eventually(WAIT, what, || async {
+        sample(&metrics(admin).await, &series) == Some(1.0)
+    })
+    .await;
+}
+
 fn config(backend: SocketAddr) -> String {
     config_with(backend, "")
 }
@@ -71,14 +82,7 @@ async fn messages_are_counted_each_way_and_a_client_close_by_its_code() {
     // Read until the server's Close and the end of the stream.
     let _ = within(WAIT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     drop(ws);
-    eventually(WAIT, "the tunnel's close is counted", || async {
-        let text = metrics(admin).await;
-        sample(
-            &text,
-            r#"sluice_tunnel_closes_total{route="/",code="1000",initiator="client"}"#,
-        ) == Some(1.0)
-    })
-    .await;
+    wait_for_close(admin, "the tunnel's close is counted", "1000", "client").await;
     // /status (and the dashboard) list closes by code and initiator.
     let doc: serde_json::Value =
         serde_json::from_str(&admin_get(admin, "/status", "").await.body_str()).expect("JSON");
@@ -124,15 +128,8 @@ async fn an_upstream_close_is_counted_as_the_upstreams() {
     // The echo, then the server's Close (without a code); tungstenite answers it.
     let _ = within(WAIT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     drop(ws);
-    eventually(WAIT, "the upstream's close is counted", || async {
-        let text = metrics(admin).await;
-        // A Close without a status code is reported as 1005 (RFC 6455 §7.4.1).
-        sample(
-            &text,
-            r#"sluice_tunnel_closes_total{route="/",code="1005",initiator="upstream"}"#,
-        ) == Some(1.0)
-    })
-    .await;
+    // A Close without a status code is reported as 1005 (RFC 6455 §7.4.1).
+    wait_for_close(admin, "the upstream's close is counted", "1005", "upstream").await;
     proxy.shutdown().await;
 }
 
@@ -156,16 +153,11 @@ async fn bytes_that_are_not_websocket_framing_are_relayed_unchanged() {
     let rest = client.read_to_close(WAIT).await;
     assert_eq!(rest, GARBAGE);
     drop(client);
-    eventually(
-        WAIT,
+    wait_for_close(
+        admin,
         "the tunnel is counted closed, with no Close code",
-        || async {
-            let text = metrics(admin).await;
-            sample(
-                &text,
-                r#"sluice_tunnel_closes_total{route="/",code="none",initiator="upstream"}"#,
-            ) == Some(1.0)
-        },
+        "none",
+        "upstream",
     )
     .await;
     let text = metrics(admin).await;
@@ -243,16 +235,11 @@ async fn an_idle_timeout_sends_1001_to_both_sides() {
         .expect("the backend's report");
     assert_eq!(upstream_got, Some(1001));
     drop(ws);
-    eventually(
-        WAIT,
+    wait_for_close(
+        admin,
         "the close is counted as sluice's, with 1001",
-        || async {
-            let text = metrics(admin).await;
-            sample(
-                &text,
-                r#"sluice_tunnel_closes_total{route="/",code="1001",initiator="sluice"}"#,
-            ) == Some(1.0)
-        },
+        "1001",
+        "sluice",
     )
     .await;
     proxy.shutdown().await;
@@ -417,13 +404,12 @@ async fn a_message_over_max_message_bytes_gets_1009_and_never_reaches_the_other_
         .expect("the backend's report");
     assert_eq!(upstream_got, Some(1001));
     drop(ws);
-    eventually(WAIT, "the close is counted as sluice's 1009", || async {
-        let text = metrics(admin).await;
-        sample(
-            &text,
-            r#"sluice_tunnel_closes_total{route="/",code="1009",initiator="sluice"}"#,
-        ) == Some(1.0)
-    })
+    wait_for_close(
+        admin,
+        "the close is counted as sluice's 1009",
+        "1009",
+        "sluice",
+    )
     .await;
     let text = metrics(admin).await;
     assert_eq!(
@@ -468,16 +454,11 @@ async fn ping_interval_finds_a_half_open_client_and_spares_a_live_one() {
         .await
         .expect("the backend's report");
     assert_eq!(upstream_got, Some(1001));
-    eventually(
-        WAIT,
+    wait_for_close(
+        admin,
         "the dead tunnel is counted closed by sluice",
-        || async {
-            let text = metrics(admin).await;
-            sample(
-                &text,
-                r#"sluice_tunnel_closes_total{route="/",code="1001",initiator="sluice"}"#,
-            ) == Some(1.0)
-        },
+        "1001",
+        "sluice",
     )
     .await;
 
